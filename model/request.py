@@ -1,0 +1,63 @@
+"""The engine's public request/result types: what every door of the product builds and reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to apply for a request: a safetensors file and its strength (negative allowed)."""
+
+    path: str
+    scale: float = 1.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that determines an image. Defaults are the Turbo defaults (8 steps, no CFG)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    guidance: float = 0.0
+    seed: int = 0
+    batch_size: int = 1
+    reference_image: "Image.Image | None" = None
+    strength: float = 0.6
+    shift: float = 3.0
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
+    max_sequence_length: int = 512
+    loras: tuple[LoraSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Reported after each transformer step; `step` counts from 1 up to `total`."""
+
+    step: int
+    total: int
+    sigma: float
+
+
+# A callback receives StepProgress after every step; raising GenerationCancelled stops the run.
+StepCallback = Callable[[StepProgress], None]
+
+
+@dataclass
+class GenerationResult:
+    """Images in request order, the seed of each, prompt accounting and per-stage seconds."""
+
+    images: list["Image.Image"]
+    seeds: list[int]
+    prompt_tokens: int
+    prompt_truncated: bool
+    timings: dict[str, float] = field(default_factory=dict)
