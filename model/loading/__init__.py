@@ -1,0 +1,1 @@
+"""Checkpoint loading: the only code that opens weight files (safetensors only, never pickle)."""

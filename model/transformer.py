@@ -1,0 +1,294 @@
+"""The Z-Image S3-DiT (single-stream diffusion transformer); math as in model-spec 1.2-1.3.
+
+Attribute names equal the diffusers checkpoint keys, so the Hugging Face layout loads without
+renaming. Call convention as diffusers: forward(x: list of (C, F, H, W), t: (B,) in [0, 1],
+cap_feats: list of (L_i, cap_feat_dim)) -> list of (C, F, H, W), the raw velocity x0 - noise.
+The caption half (embedding + context refiner) does not depend on t, so `prepare_context` runs it
+once per request and `forward(x, t, context=...)` reuses it on every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from model.attention import attention
+from model.config import TransformerConfig
+from model.rope import apply_rope, cached_image_rope, caption_position_ids, check_positions_fit, rope_table
+
+SEQ_MULTIPLE = 32  # image and caption sequences are each padded to a multiple of this
+FREQUENCY_EMBEDDING_SIZE = 256
+MAX_PERIOD = 10000.0
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dim, computed in float32 and cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Attention(nn.Module):
+    """Self-attention with per-head RMS q/k norms and 3-axis RoPE."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        dim, self.n_heads = config.dim, config.n_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim, bias=False)])  # key "to_out.0", as diffusers
+        self.norm_q = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.norm_q(self.to_q(x).unflatten(-1, (self.n_heads, -1)))  # (B, S, H, head_dim)
+        k = self.norm_k(self.to_k(x).unflatten(-1, (self.n_heads, -1)))
+        v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+        out = attention(apply_rope(q, rope), apply_rope(k, rope), v, mask)  # (B, S, H, head_dim)
+        return self.to_out[0](out.flatten(-2).to(x.dtype))  # (B, S, D)
+
+
+class TransformerBlock(nn.Module):
+    """Sandwich-norm block; with modulation, the timestep scales inputs and tanh-gates outputs."""
+
+    def __init__(self, config: TransformerConfig, modulation: bool):
+        super().__init__()
+        dim = config.dim
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(dim, config.ffn_dim)
+        self.attention_norm1 = RMSNorm(dim, config.norm_eps)
+        self.attention_norm2 = RMSNorm(dim, config.norm_eps)
+        self.ffn_norm1 = RMSNorm(dim, config.norm_eps)
+        self.ffn_norm2 = RMSNorm(dim, config.norm_eps)
+        self.modulation = modulation
+        if modulation:  # a bare Linear (no SiLU before it), kept in a Sequential for the ".0." key
+            self.adaLN_modulation = nn.Sequential(nn.Linear(config.adaln_dim, 4 * dim, bias=True))
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
+                adaln: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.modulation:
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, mask))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        mod = self.adaLN_modulation(adaln).unsqueeze(1)  # (B, 1, 4D), broadcast over tokens
+        scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4, dim=-1)
+        attn_out = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), rope, mask)
+        x = x + gate_msa.tanh() * self.attention_norm2(attn_out)
+        ffn_out = self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp))
+        return x + gate_mlp.tanh() * self.ffn_norm2(ffn_out)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features (cos first, float32) of t * t_scale, then a 2-layer SiLU MLP."""
+
+    def __init__(self, out_dim: int, hidden_dim: int = 1024):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(FREQUENCY_EMBEDDING_SIZE, hidden_dim, bias=True), nn.SiLU(),
+                                 nn.Linear(hidden_dim, out_dim, bias=True))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = FREQUENCY_EMBEDDING_SIZE // 2
+        freqs = torch.exp(-math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None, :]  # (B, 128)
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class FinalLayer(nn.Module):
+    """Affine-free LayerNorm scaled by (1 + Linear(SiLU(adaln))), then projection to patch values."""
+
+    def __init__(self, dim: int, adaln_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, out_dim, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(adaln_dim, dim, bias=True))
+
+    def forward(self, x: torch.Tensor, adaln: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x.float(), x.shape[-1:], eps=1e-6).to(x.dtype)
+        scale = 1.0 + self.adaLN_modulation(adaln).unsqueeze(1)  # (B, 1, D)
+        return self.linear(normed * scale)
+
+
+@dataclass
+class CaptionContext:
+    """Refined caption tokens of a batch; independent of t, so reused on every sampling step."""
+
+    tokens: torch.Tensor  # (B, Lc_max, D) after cap_embedder + context_refiner
+    rope: torch.Tensor  # complex64 (B, Lc_max, head_dim/2)
+    lengths: list[int]  # Lc_i: caption length padded to a multiple of 32 (pad tokens included)
+
+
+def _pad_count(length: int) -> int:
+    return (-length) % SEQ_MULTIPLE
+
+
+def _pad_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Repeat the last row up to a multiple of 32, as the reference does before embedding.
+
+    The copies are replaced by a pad token after embedding; they exist only so the embedding
+    matmul has the reference's shape and hence its exact rounding.
+    """
+    return torch.cat([rows, rows[-1:].expand(_pad_count(len(rows)), -1)])
+
+
+def _replace_pad_rows(embedded: torch.Tensor, real: int, pad_token: torch.Tensor) -> torch.Tensor:
+    return torch.cat([embedded[:real], pad_token.expand(len(embedded) - real, -1)])
+
+
+def _batch(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Zero-pad per-sample rows into a batch; the key mask is None when all lengths are equal."""
+    lengths = [len(r) for r in rows]
+    batch = pad_sequence(rows, batch_first=True)
+    if len(set(lengths)) == 1:
+        return batch, None
+    positions = torch.arange(batch.shape[1], device=batch.device)
+    mask = positions[None, :] < torch.tensor(lengths, device=batch.device)[:, None]  # (B, S)
+    return batch, mask
+
+
+class ZImageTransformer(nn.Module):
+    """Z-Image S3-DiT: noise refiner, context refiner, unified image+caption blocks, final layer."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        patches = list(zip(config.all_patch_size, config.all_f_patch_size))
+        self.all_x_embedder = nn.ModuleDict({
+            f"{p}-{f}": nn.Linear(f * p * p * config.in_channels, dim, bias=True) for p, f in patches})
+        self.all_final_layer = nn.ModuleDict({
+            f"{p}-{f}": FinalLayer(dim, config.adaln_dim, p * p * f * config.in_channels) for p, f in patches})
+        self.noise_refiner = nn.ModuleList([TransformerBlock(config, True) for _ in range(config.n_refiner_layers)])
+        self.context_refiner = nn.ModuleList(
+            [TransformerBlock(config, False) for _ in range(config.n_refiner_layers)])
+        self.t_embedder = TimestepEmbedder(config.adaln_dim)
+        self.cap_embedder = nn.Sequential(RMSNorm(config.cap_feat_dim, config.norm_eps),
+                                          nn.Linear(config.cap_feat_dim, dim, bias=True))
+        self.x_pad_token = nn.Parameter(torch.zeros(1, dim))
+        self.cap_pad_token = nn.Parameter(torch.zeros(1, dim))
+        self.layers = nn.ModuleList([TransformerBlock(config, True) for _ in range(config.n_layers)])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_pad_token.dtype
+
+    def prepare_context(self, cap_feats: list[torch.Tensor]) -> CaptionContext:
+        """Embed and refine the captions: (L_i, cap_feat_dim) each -> a CaptionContext."""
+        cfg, device = self.config, self.x_pad_token.device
+        if any(c.ndim != 2 or c.shape[1] != cfg.cap_feat_dim or len(c) == 0 for c in cap_feats):
+            raise ValueError(f"cap_feats must be non-empty (L_i, {cfg.cap_feat_dim}) tensors, got "
+                             f"{[tuple(c.shape) for c in cap_feats]}")
+        lengths = [len(c) + _pad_count(len(c)) for c in cap_feats]
+        check_positions_fit([max(lengths), 0, 0], cfg.axes_lens)
+        feats = torch.cat([_pad_rows(c) for c in cap_feats]).to(device=device, dtype=self.dtype)
+        embedded = self.cap_embedder(feats).split(lengths)  # (Lc_i, D) each
+        rows = [_replace_pad_rows(e, len(c), self.cap_pad_token) for e, c in zip(embedded, cap_feats)]
+        tokens, mask = _batch(rows)  # (B, Lc_max, D)
+        positions = caption_position_ids(max(lengths), device)  # the same for every row
+        rope = rope_table(positions, cfg.axes_dims, cfg.rope_theta).expand(len(rows), -1, -1)  # (B, Lc_max, hd/2)
+        for block in self.context_refiner:
+            tokens = block(tokens, rope, mask)
+        return CaptionContext(tokens=tokens, rope=rope, lengths=lengths)
+
+    def forward(self, x: list[torch.Tensor], t: torch.Tensor, cap_feats: list[torch.Tensor] | None = None,
+                context: CaptionContext | None = None, patch_size: int = 2,
+                f_patch_size: int = 1) -> list[torch.Tensor]:
+        """Velocity for each latent in `x`; pass `cap_feats` or a `context` from prepare_context."""
+        if context is None:
+            if cap_feats is None:
+                raise ValueError("pass cap_feats or a context from prepare_context")
+            context = self.prepare_context(cap_feats)
+        key = f"{patch_size}-{f_patch_size}"
+        if key not in self.all_x_embedder:
+            raise ValueError(f"patch size {key} not in this model ({list(self.all_x_embedder)})")
+        t = torch.as_tensor(t, device=self.x_pad_token.device).reshape(-1)
+        if len(context.lengths) != len(x) or t.numel() not in (1, len(x)):
+            raise ValueError(f"{len(x)} latents but {len(context.lengths)} captions and {t.numel()} timesteps")
+        t = t.expand(len(x))
+        adaln = self.t_embedder(t.float() * self.config.t_scale).to(self.dtype)  # (B, adaln_dim)
+
+        image, image_rope, image_mask, counts = self._embed_images(x, context.lengths, patch_size, f_patch_size)
+        for block in self.noise_refiner:
+            image = block(image, image_rope, image_mask, adaln)
+
+        unified, unified_rope, mask = self._unify(image, image_rope, counts, context)
+        for block in self.layers:
+            unified = block(unified, unified_rope, mask, adaln)
+
+        out = self.all_final_layer[key](unified, adaln)  # (B, S, p*p*pf*C)
+        return [self._unpatchify(out[i, :n], latent.shape, patch_size, f_patch_size)
+                for i, (n, latent) in enumerate(zip(counts, x))]
+
+    @staticmethod
+    def _unify(image: torch.Tensor, image_rope: torch.Tensor, counts: list[int], context: CaptionContext):
+        """Per sample, image first: [image tokens + pads, caption tokens + pads], then batched."""
+        rows, ropes = [], []
+        for i, (count, cap_len) in enumerate(zip(counts, context.lengths)):
+            n = count + _pad_count(count)
+            rows.append(torch.cat([image[i, :n], context.tokens[i, :cap_len]]))  # (n + Lc_i, D)
+            ropes.append(torch.cat([image_rope[i, :n], context.rope[i, :cap_len]]))
+        unified, mask = _batch(rows)  # (B, S, D)
+        return unified, pad_sequence(ropes, batch_first=True), mask  # rope: complex64 (B, S, head_dim/2)
+
+    def _embed_images(self, x: list[torch.Tensor], caption_lengths: list[int], patch: int, f_patch: int):
+        """Patchify, embed and pad each latent; pad rows become x_pad_token (not masked)."""
+        cfg, device = self.config, self.x_pad_token.device
+        patches, grids = [], []
+        for latent in x:
+            tokens, grid = self._patchify(latent.to(device=device, dtype=self.dtype), patch, f_patch)
+            patches.append(tokens)
+            grids.append(grid)
+        counts = [len(p) for p in patches]
+        padded = [_pad_rows(p) for p in patches]
+        embedded = self.all_x_embedder[f"{patch}-{f_patch}"](torch.cat(padded)).split([len(p) for p in padded])
+        rows, ropes = [], []
+        for tokens, count, grid, cap_len in zip(embedded, counts, grids, caption_lengths):
+            check_positions_fit([cap_len + grid[0], grid[1] - 1, grid[2] - 1], cfg.axes_lens)
+            rows.append(_replace_pad_rows(tokens, count, self.x_pad_token))  # (N_i + pad, D)
+            ropes.append(cached_image_rope(grid, cap_len, len(tokens) - count, cfg.axes_dims, cfg.rope_theta,
+                                           device))
+        image, mask = _batch(rows)
+        return image, pad_sequence(ropes, batch_first=True), mask, counts
+
+    def _patchify(self, latent: torch.Tensor, patch: int, f_patch: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """(C, F, H, W) -> (N, pf*p*p*C) tokens in (f, h, w) raster order, features (pf, ph, pw, c)."""
+        channels, frames, height, width = latent.shape
+        if channels != self.config.in_channels or frames % f_patch or height % patch or width % patch:
+            raise ValueError(f"latent of shape {tuple(latent.shape)} does not fit {self.config.in_channels} "
+                             f"channels and patch {patch}x{patch}x{f_patch}")
+        grid = (frames // f_patch, height // patch, width // patch)
+        tokens = latent.reshape(channels, grid[0], f_patch, grid[1], patch, grid[2], patch)
+        tokens = tokens.permute(1, 3, 5, 2, 4, 6, 0)  # (F', H', W', pf, ph, pw, C)
+        return tokens.reshape(grid[0] * grid[1] * grid[2], -1), grid
+
+    def _unpatchify(self, tokens: torch.Tensor, shape: torch.Size, patch: int, f_patch: int) -> torch.Tensor:
+        """(N, pf*p*p*C) -> (C, F, H, W), the inverse of _patchify."""
+        channels, frames, height, width = shape
+        grid = (frames // f_patch, height // patch, width // patch)
+        out = tokens.view(*grid, f_patch, patch, patch, channels)
+        out = out.permute(6, 0, 3, 1, 4, 2, 5)  # (C, F', pf, H', ph, W', pw)
+        return out.reshape(channels, frames, height, width)
