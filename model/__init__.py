@@ -11,8 +11,11 @@ from model.request import GenerationRequest, GenerationResult, LoraSpec, StepPro
 
 __version__ = "0.1.0"
 
+from model.engine import Engine  # noqa: E402  (engine reads __version__ lazily; import has no side effects)
+
 __all__ = [
     "CheckpointError",
+    "Engine",
     "GenerationCancelled",
     "GenerationRequest",
     "GenerationResult",

@@ -1,0 +1,297 @@
+"""Engine: the one API every part of the product calls to turn a GenerationRequest into images.
+
+generate() runs these phases, each a method below:
+validate -> encode prompt (cached) -> noise / reference latents -> sigmas -> denoise (per-step callback,
+cancellable) -> VAE decode -> PIL images. Stage placement goes through model.memory.MemoryManager only.
+
+Precision: the transformer and text encoder run in the engine dtype (bf16 by default); latents, sigmas and
+guidance math in fp32; the VAE always in fp32 (as the official pipeline does; it is small, and above
+`vae_tile_threshold` it works in bands, model.vae_tiling, so its device memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+import model
+from model import sampler
+from model.attention import get_attention_backend, set_attention_backend
+from model.errors import InvalidRequestError
+from model.images import reference_tensor, to_pil_images
+from model.loading.layout import WeightsLayout, detect_layout
+from model.loading.text_encoder import load_text_encoder, load_tokenizer
+from model.loading.transformer import load_transformer
+from model.loading.vae import load_vae
+from model.lora import LoraManager
+from model.memory import MemoryManager
+from model.request import GenerationRequest, GenerationResult, StepCallback
+from model.text_encoder import PromptEncoder, PromptFeatures
+from model.transformer import ZImageTransformer
+from model.vae import DEFAULT_TILE, FluxVAE
+
+logger = logging.getLogger(__name__)
+
+VAE_DTYPE = torch.float32
+MAX_STEPS = 50
+MAX_GUIDANCE = 20.0
+MAX_BATCH = 4
+WARMUP_REQUEST = GenerationRequest(prompt="warm-up", width=256, height=256, steps=1, seed=0)
+
+
+class Engine:
+    """Loaded Z-Image-Turbo pipeline: text encoder, transformer, VAE, sampler, memory placement."""
+
+    def __init__(self, layout: WeightsLayout, prompt_encoder: PromptEncoder, transformer: ZImageTransformer,
+                 vae: FluxVAE, memory: MemoryManager, dtype: torch.dtype):
+        self.layout = layout
+        self.prompt_encoder = prompt_encoder
+        self.transformer = transformer
+        self.vae = vae
+        self.memory = memory
+        self.dtype = dtype
+        self.loras = LoraManager(transformer)  # the per-request LoRA set (model.lora)
+        # Latent side (h or w) above which the VAE works in bands; default: beyond 1024 px.
+        self.vae_tile_threshold = 128
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        memory_mode: str = "full",
+        attention_backend: str = "auto",
+        max_cached_prompts: int = 32,
+    ) -> "Engine":
+        """Load weights from an HF snapshot folder or a ComfyUI three-file folder (see model.loading.layout)."""
+        layout = detect_layout(path)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but this PyTorch sees no CUDA GPU; use device='cpu'")
+        set_attention_backend(attention_backend)
+        started = time.perf_counter()
+        # Components are built on the CPU; the memory manager alone decides what goes to the device.
+        text_model = load_text_encoder(layout.text_encoder, dtype=dtype)
+        tokenizer = load_tokenizer(layout.tokenizer)
+        transformer = load_transformer(layout.transformer, dtype=dtype)
+        vae = load_vae(layout.vae, dtype=VAE_DTYPE)
+        memory = MemoryManager(memory_mode, device,
+                               {"text_encoder": text_model, "transformer": transformer, "vae": vae})
+        logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,
+                    time.perf_counter() - started)
+        return cls(layout, PromptEncoder(tokenizer, text_model, max_cached_prompts), transformer, vae, memory, dtype)
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        """Run one request end to end; raises InvalidRequestError, GenerationCancelled, CheckpointError.
+
+        Steps are transformer calls (CFG batches positive and negative into the same call). With a
+        reference image, the image is scaled (aspect kept) to cover width x height and centre-cropped to
+        exactly that size, encoded with the VAE posterior mode, and noised to the schedule's sigma at
+        index int(steps - steps*strength): strength 1 ignores its content, 0.6 of 8 steps makes 5 calls.
+        Image i of a batch uses seed + i. on_step gets StepProgress after every call; if it raises
+        (GenerationCancelled), the run stops there and no image is made.
+        """
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        self._validate(request)
+        self.loras.activate(request.loras)  # before any transformer work; logs a report per LoRA
+        with torch.inference_mode():
+            with _timed(timings, "text_encoding"):
+                positive, negative = self._encode_prompts(request)
+            sigmas = self._sigmas(request)
+            latents = self._initial_latents(request, sigmas[0], timings)
+            with _timed(timings, "denoising"):
+                latents = self._denoise(request, latents, sigmas, positive, negative, on_step)
+            with _timed(timings, "vae_decode"):
+                images = self._decode(latents)
+        timings["total"] = time.perf_counter() - started
+        return GenerationResult(
+            images=images,
+            seeds=[request.seed + i for i in range(request.batch_size)],
+            prompt_tokens=positive.token_count,
+            prompt_truncated=positive.truncated,
+            timings=timings,
+        )
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of `prompt` including the chat template, before truncation."""
+        return self.prompt_encoder.count_tokens(prompt)
+
+    def describe(self) -> dict:
+        """Layout, weight files, dtype, device, attention backend, memory mode, software version."""
+        cfg = self.transformer.config
+        return {
+            "layout": self.layout.kind,
+            "path": str(self.layout.root),
+            "weights": self.layout.files(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "vae_dtype": str(VAE_DTYPE).removeprefix("torch."),
+            "device": str(self.device),
+            "attention_backend": get_attention_backend(),
+            "memory_mode": self.memory.mode,
+            "version": model.__version__,
+            "transformer": {"dim": cfg.dim, "layers": cfg.n_layers, "heads": cfg.n_heads},
+            "max_side": self.max_side(),
+        }
+
+    def max_side(self) -> int:
+        """Largest width/height in pixels the RoPE tables can address."""
+        return min(self.transformer.config.axes_lens[1:]) * self._pixel_multiple()
+
+    def warmup(self) -> None:
+        """One tiny generation so the first user image is fast (kernels, allocator, caches)."""
+        started = time.perf_counter()
+        self.generate(WARMUP_REQUEST)
+        logger.info("warm-up generation took %.2fs", time.perf_counter() - started)
+
+    # ----------------------------------------------------------------------------------- phases
+
+    def _validate(self, request: GenerationRequest) -> None:
+        validate_request(request, self._pixel_multiple(), self.transformer.config.axes_lens)
+
+    def _pixel_multiple(self) -> int:
+        return self.vae.downscale * self.transformer.config.all_patch_size[0]
+
+    def _encode_prompts(self, request: GenerationRequest) -> tuple[PromptFeatures, PromptFeatures | None]:
+        with self.memory.use("text_encoder"):
+            positive = self.prompt_encoder.encode(request.prompt, request.max_sequence_length)
+            negative = None
+            if request.guidance > 0:
+                negative = self.prompt_encoder.encode(request.negative_prompt, request.max_sequence_length)
+        return positive, negative  # a truncation is logged by the encoder and reported in the result
+
+    def _sigmas(self, request: GenerationRequest) -> torch.Tensor:
+        sigmas = sampler.shifted_sigmas(request.steps, request.shift)
+        if request.reference_image is None:
+            return sigmas
+        return sigmas[sampler.img2img_start_index(request.steps, request.strength):]
+
+    def _initial_latents(self, request: GenerationRequest, sigma_start: torch.Tensor,
+                         timings: dict[str, float]) -> torch.Tensor:
+        """Seeded noise; with a reference image, its latents noised to the first sigma (img2img)."""
+        scale = self.vae.downscale
+        shape = (self.vae.config.latent_channels, request.height // scale, request.width // scale)
+        noise = sampler.seeded_noise(request.seed, request.batch_size, shape)
+        if request.reference_image is None:
+            return noise.to(self.device)
+        with _timed(timings, "vae_encode"):
+            clean = self._encode_reference(request.reference_image, request.width, request.height)
+        return sampler.noise_latents(clean, noise.to(self.device), sigma_start.to(self.device))
+
+    def _encode_reference(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        """Reference -> normalised latents [1,16,h,w] via the posterior mode (deterministic: the noise is
+        the only random stream, so a seed means the same thing as in text-to-image)."""
+        pixels = reference_tensor(image, width, height)
+        with self.memory.use("vae") as vae:
+            if max(height, width) // vae.downscale > self.vae_tile_threshold:
+                return vae.encode(pixels, tile=DEFAULT_TILE)  # bands: bounded device memory
+            return vae.encode(pixels.to(self.device))
+
+    def _denoise(self, request: GenerationRequest, latents: torch.Tensor, sigmas: torch.Tensor,
+                 positive: PromptFeatures, negative: PromptFeatures | None,
+                 on_step: StepCallback | None) -> torch.Tensor:
+        with self.memory.use("transformer") as transformer:
+            velocity = _TransformerVelocity(transformer, positive, negative, request.batch_size)
+            return sampler.denoise(
+                velocity, latents, sigmas, guidance=request.guidance, cfg_truncation=request.cfg_truncation,
+                cfg_normalization=request.cfg_normalization, on_step=on_step,
+            )
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        with self.memory.use("vae") as vae:
+            if max(latents.shape[-2:]) > self.vae_tile_threshold:
+                decoded = vae.decode_tiled(latents, tile=DEFAULT_TILE)
+            else:
+                decoded = vae.decode(latents)
+        return to_pil_images(decoded)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequestError(message, field=field)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # rejects NaN
+
+
+def _validate_size(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...]) -> None:
+    for field, value, axis_len in (("width", request.width, axes_lens[2]), ("height", request.height, axes_lens[1])):
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % multiple == 0,
+               field, f"{field} must be a positive multiple of {multiple} pixels, got {value!r}; "
+                      f"round it to a multiple of {multiple} (e.g. 1024)")
+        limit = axis_len * multiple
+        _check(value <= limit, field, f"{field} {value} is larger than this model can address ({limit} pixels)")
+
+
+def _validate_sampling(request: GenerationRequest) -> None:
+    _check(isinstance(request.steps, int) and 1 <= request.steps <= MAX_STEPS, "steps",
+           f"steps must be a whole number from 1 to {MAX_STEPS}, got {request.steps!r} (Turbo uses 8)")
+    _check(_is_number(request.guidance) and 0 <= request.guidance <= MAX_GUIDANCE, "guidance",
+           f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {request.guidance!r} (0 = off, the Turbo default)")
+    _check(isinstance(request.batch_size, int) and 1 <= request.batch_size <= MAX_BATCH, "batch_size",
+           f"batch_size must be from 1 to {MAX_BATCH}, got {request.batch_size!r}")
+    _check(_is_number(request.strength) and 0 < request.strength <= 1, "strength",
+           f"strength must be in (0, 1], got {request.strength!r} (1 = ignore the reference image's content)")
+    _check(_is_number(request.shift) and request.shift > 0, "shift", f"shift must be positive, got {request.shift!r}")
+    _check(_is_number(request.cfg_truncation) and request.cfg_truncation >= 0, "cfg_truncation",
+           f"cfg_truncation must be >= 0, got {request.cfg_truncation!r} (1 = never truncate)")
+    _check(_is_number(request.cfg_normalization) and request.cfg_normalization >= 0, "cfg_normalization",
+           f"cfg_normalization must be >= 0, got {request.cfg_normalization!r} (0 = off)")
+    _check(isinstance(request.seed, int) and 0 <= request.seed
+           and request.seed + max(int(request.batch_size), 1) - 1 <= sampler.MAX_SEED,
+           "seed", f"seed must be a whole number from 0 to {sampler.MAX_SEED} - batch_size + 1, got {request.seed!r}")
+
+
+def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...]) -> None:
+    """Raise InvalidRequestError(field=...) for the first field the model cannot honour."""
+    _check(isinstance(request.prompt, str) and request.prompt.strip() != "", "prompt",
+           "prompt is empty; describe the image you want")
+    _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
+    _validate_size(request, multiple, axes_lens)
+    _validate_sampling(request)
+    # Caption positions start at 1 and the image follows at Lc + 1, which must stay inside axes_lens[0].
+    max_tokens = ((axes_lens[0] - 2) // 32) * 32
+    _check(isinstance(request.max_sequence_length, int) and 1 <= request.max_sequence_length <= max_tokens,
+           "max_sequence_length",
+           f"max_sequence_length must be from 1 to {max_tokens}, got {request.max_sequence_length!r}")
+    _check(request.reference_image is None or isinstance(request.reference_image, Image.Image),
+           "reference_image", "reference_image must be a PIL image (decode the upload first)")
+
+
+class _TransformerVelocity:
+    """Velocity callable for the sampler: one transformer call on prepared caption contexts."""
+
+    def __init__(self, transformer: ZImageTransformer, positive: PromptFeatures,
+                 negative: PromptFeatures | None, batch: int):
+        self.transformer = transformer
+        self.captions = {False: [positive.features] * batch}
+        if negative is not None:
+            self.captions[True] = [positive.features] * batch + [negative.features] * batch
+        self._contexts: dict[bool, object] = {}  # prepared lazily: CFG truncation may never need one
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor:
+        if guided not in self._contexts:
+            self._contexts[guided] = self.transformer.prepare_context(self.captions[guided])
+        inputs = list(x.to(self.transformer.dtype).unsqueeze(2).unbind(0))  # B x (16, 1, h, w)
+        out = self.transformer(inputs, t, context=self._contexts[guided])
+        return torch.stack(out).squeeze(2).float()
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started

@@ -1,0 +1,125 @@
+"""Flow-matching sampling for Z-Image: sigma schedule, seeded noise, CFG and the Euler loop (pure functions).
+
+Conventions (model-spec 5): sigma runs from 1 (pure noise) to 0 (clean). The transformer receives
+t = 1 - sigma and predicts x0 - noise; the sampler negates that before the Euler step
+x_next = x + (sigma_next - sigma) * (-v). Latents and all schedule math stay in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+
+from model.request import StepProgress, StepCallback
+
+logger = logging.getLogger(__name__)
+
+# diffusers/official express sigma as a timestep on a 1000-step scale and derive the model time from it;
+# we take the same path, (1000 - 1000*sigma)/1000, so fp32 rounding equals the reference exactly.
+NUM_TRAIN_TIMESTEPS = 1000
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class VelocityFn(Protocol):
+    """One transformer call. `guided` means x holds [positives..., negatives...] (2B samples)."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor: ...
+
+
+def shifted_sigmas(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """`steps` sigmas linspace(1, 1/steps) warped by shift*s/(1+(shift-1)*s), plus a terminal 0 (fp32)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    base = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float32)
+    sigmas = shift * base / (1 + (shift - 1) * base)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float32)])
+
+
+def img2img_start_index(steps: int, strength: float) -> int:
+    """Index of the first sigma used for img2img; the rule of diffusers' ZImageImg2ImgPipeline.get_timesteps.
+
+    strength 1.0 starts at 0 (pure noise, i.e. text-to-image); 0.6 with 8 steps starts at 3 (5 calls).
+    """
+    init = min(steps * strength, steps)
+    return int(max(steps - init, 0))
+
+
+def model_time(sigma: torch.Tensor) -> torch.Tensor:
+    """The transformer's time input t = 1 - sigma (0 = pure noise), computed as the reference does."""
+    timestep = sigma * NUM_TRAIN_TIMESTEPS
+    return (NUM_TRAIN_TIMESTEPS - timestep) / NUM_TRAIN_TIMESTEPS
+
+
+def seeded_noise(seed: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """fp32 noise [count, *shape]; sample i comes from its own CPU generator seeded seed + i (device independent)."""
+    samples = []
+    for i in range(count):
+        generator = torch.Generator("cpu").manual_seed(seed + i)
+        samples.append(torch.randn((1, *shape), generator=generator, dtype=torch.float32))
+    return torch.cat(samples)
+
+
+def noise_latents(clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Forward flow process x_sigma = sigma*noise + (1-sigma)*clean (img2img starting point)."""
+    return sigma * noise + (1.0 - sigma) * clean
+
+
+def guidance_at(guidance: float, t: float, cfg_truncation: float) -> float:
+    """Guidance scale for one step: 0 when truncation applies (t above cfg_truncation, only when <= 1)."""
+    if guidance > 0 and cfg_truncation <= 1 and t > cfg_truncation:
+        return 0.0
+    return guidance
+
+
+def combine_cfg(pos: torch.Tensor, neg: torch.Tensor, scale: float, normalization: float) -> torch.Tensor:
+    """pred = pos + scale*(pos - neg); with normalization > 0, cap each sample's norm at normalization*|pos|."""
+    pred = pos + scale * (pos - neg)
+    if normalization > 0:
+        pos_norm = torch.linalg.vector_norm(pos.flatten(1), dim=1)
+        pred_norm = torch.linalg.vector_norm(pred.flatten(1), dim=1)
+        limit = pos_norm * normalization
+        factor = torch.where(pred_norm > limit, limit / pred_norm, torch.ones_like(pred_norm))
+        pred = pred * factor.view(-1, *([1] * (pred.ndim - 1)))
+    return pred
+
+
+def _velocity_step(
+    velocity: VelocityFn, latents: torch.Tensor, t: torch.Tensor, scale: float, normalization: float
+) -> torch.Tensor:
+    """One transformer call; returns the (guided) model prediction in fp32."""
+    batch = latents.shape[0]
+    if scale > 0:
+        out = velocity(torch.cat([latents, latents]), t.expand(2 * batch), True).float()
+        return combine_cfg(out[:batch], out[batch:], scale, normalization)
+    return velocity(latents, t.expand(batch), False).float()
+
+
+def denoise(
+    velocity: VelocityFn,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    guidance: float = 0.0,
+    cfg_truncation: float = 1.0,
+    cfg_normalization: float = 0.0,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Euler-integrate from sigmas[0] to sigmas[-1]: exactly one velocity call per step (len(sigmas)-1).
+
+    `on_step` runs after every step with StepProgress(step, total, sigma reached); if it raises
+    (e.g. GenerationCancelled) the loop stops there and the exception propagates.
+    """
+    latents = latents.float()
+    total = len(sigmas) - 1
+    for i in range(total):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        t = model_time(sigma)
+        scale = guidance_at(guidance, float(t), cfg_truncation)
+        prediction = _velocity_step(velocity, latents, t.to(latents.device), scale, cfg_normalization)
+        latents = latents + (sigma_next - sigma).to(latents.device) * (-prediction)
+        if on_step is not None:
+            on_step(StepProgress(step=i + 1, total=total, sigma=float(sigma_next)))
+    return latents
+
