@@ -1,0 +1,164 @@
+"""REST door: OpenAI-compatible POST /v1/images/generations and GET /v1/models, errors in OpenAI shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.errors import ServiceError
+from app.i18n import language_from_header
+from app.jobs import Job, JobState
+from app.loras import resolve_loras
+from app.service import GenerationService
+from app.settings import Settings
+from app.validation import decode_base64_image, parse_size
+from model.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+MODEL_ID = "z-image-turbo"
+# JSON overhead allowed on top of a maximal base64 image.
+BODY_SLACK_BYTES = 256 * 1024
+
+
+class LoraItem(BaseModel):
+    """One LoRA by file name in ZIMAGE_LORA_DIR, with its strength."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    scale: float = 1.0
+
+
+class ImagesRequest(BaseModel):
+    """OpenAI Images API fields plus our extras; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    model: str | None = None
+    n: int = 1
+    size: str = "1024x1024"
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Literal["png"] | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    negative_prompt: str = ""
+    steps: int = 8
+    guidance_scale: float = 0.0
+    seed: int = -1
+    image: str | None = None
+    strength: float = 0.6
+    shift: float = 3.0
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
+    loras: list[LoraItem] = []
+
+
+def build_router(service: GenerationService) -> APIRouter:
+    """The /v1 routes, bound to the one service every door shares."""
+    router = APIRouter()
+    settings = service.settings
+
+    @router.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list",
+                "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local",
+                          "ready": service.ready}]}
+
+    @router.post("/v1/images/generations")
+    async def create_images(request: Request) -> JSONResponse:
+        lang = language_from_header(request.headers.get("accept-language"))
+        try:
+            body = parse_body(await read_json(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES))
+            gen_request = await asyncio.to_thread(to_generation_request, body, settings)
+            job = service.submit(gen_request, door="rest")
+        except ServiceError as err:
+            service.metrics.error(err.key)
+            return JSONResponse(err.openai_body(lang), status_code=err.status)
+        try:
+            await wait_for_job(job, request, service)
+        except ServiceError as err:  # the job failed: the service already counted it
+            return JSONResponse(err.openai_body(lang), status_code=err.status)
+        return JSONResponse(success_body(job, body))
+
+    return router
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The JSON object in the body; too big, not JSON or not an object are client errors."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError("upload_too_large", status=413, field="body", size=size, limit=limit)
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks) or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ServiceError("invalid_json", detail=str(err)) from None
+    if not isinstance(data, dict):
+        raise ServiceError("invalid_json", detail="expected a JSON object")
+    return data
+
+
+def parse_body(data: dict) -> ImagesRequest:
+    """Validate fields; the first problem becomes one clear error naming the field."""
+    try:
+        return ImagesRequest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            model = LoraItem if field.startswith("loras.") else ImagesRequest
+            raise ServiceError("unknown_field", field=field, accepted=", ".join(model.model_fields)) from None
+        if first["type"] == "missing":
+            raise ServiceError("missing_field", field=field) from None
+        raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
+
+
+def to_generation_request(body: ImagesRequest, settings: Settings) -> GenerationRequest:
+    """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
+    if body.response_format == "url":
+        raise ServiceError("url_format_unsupported", field="response_format")
+    width, height = parse_size(body.size)
+    reference = decode_base64_image(body.image, settings) if body.image else None
+    loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
+    return GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
+        steps=body.steps, guidance=body.guidance_scale, seed=body.seed, batch_size=body.n,
+        reference_image=reference, strength=body.strength, shift=body.shift,
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, loras=loras,
+    )
+
+
+async def wait_for_job(job: Job, request: Request, service: GenerationService) -> None:
+    """Wait for the job without holding a thread; cancel it if the client goes away."""
+    while not job.done:
+        await asyncio.to_thread(job.wait, 0.5)
+        if not job.done and await request.is_disconnected():
+            logger.info("%s: client disconnected, cancelling", job.id)
+            service.cancel(job)
+    if job.state != JobState.SUCCEEDED:
+        raise job.error or ServiceError("internal_error", status=500, detail="job ended without a result")
+
+
+def success_body(job: Job, body: ImagesRequest) -> dict:
+    """OpenAI response shape plus our extras (seeds, timings, queue facts) that the SDK keeps."""
+    assert job.result is not None
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": base64.b64encode(image.png).decode("ascii"), "revised_prompt": body.prompt,
+                  "seed": image.seed} for image in job.result.images],
+        "seeds": job.result.seeds,
+        "timings": {k: round(v, 4) for k, v in job.result.timings.items()},
+        "job": {"id": job.id, "queue_position": job.position_at_submit, "submitted_at": job.submitted_at,
+                "started_at": job.started_at, "finished_at": job.finished_at},
+    }

@@ -1,0 +1,146 @@
+"""'Export API code': working snippets (gradio_client, two-step curl, REST curl, openai SDK) for a recipe."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+API_NAME = "generate"
+REFERENCE_FILE = "reference.png"
+# Order = the Gradio endpoint's positional inputs (the UI handler's parameters).
+GRADIO_PARAMETERS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "batch_size",
+                     "reference_image", "strength", "shift", "cfg_truncation", "cfg_normalization", "loras",
+                     "lora_scale")
+DEFAULTS: dict[str, Any] = {"negative_prompt": "", "guidance": 0.0, "steps": 8, "seed": -1, "width": 1024,
+                            "height": 1024, "batch_size": 1, "strength": 0.6, "shift": 3.0,
+                            "cfg_truncation": 1.0, "cfg_normalization": 0.0, "loras": [], "lora_scale": 1.0}
+
+
+@dataclass(frozen=True)
+class Snippets:
+    """The four snippets shown in the export panel."""
+
+    python: str
+    curl_gradio: str
+    curl_rest: str
+    openai: str
+
+
+def snippets_for(params: dict[str, Any], base_url: str) -> Snippets:
+    """Snippets for `params` (form values or a recipe; `reference_image` truthy = a reference was used)."""
+    values = normalize(params)
+    base_url = base_url.rstrip("/")
+    return Snippets(python=python_snippet(values, base_url), curl_gradio=curl_gradio_snippet(values, base_url),
+                    curl_rest=curl_rest_snippet(values, base_url), openai=openai_snippet(values, base_url))
+
+
+def normalize(params: dict[str, Any]) -> dict[str, Any]:
+    """Recipe or form dict -> the endpoint's parameter names with defaults filled in."""
+    values = {name: DEFAULTS.get(name) if params.get(name) is None else params[name] for name in GRADIO_PARAMETERS}
+    if params.get("batch_size") is None and params.get("n") is not None:
+        values["batch_size"] = params["n"]
+    values["reference_image"] = bool(params.get("reference_image"))
+    loras = params.get("loras") or []
+    # A recipe lists {"name", "scale"} per LoRA; the form has names plus one shared scale.
+    values["loras"] = [item["name"] if isinstance(item, dict) else str(item) for item in loras]
+    if loras and isinstance(loras[0], dict):
+        values["lora_scale"] = loras[0]["scale"]
+    for name in ("steps", "seed", "width", "height", "batch_size"):
+        values[name] = int(values[name])
+    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization", "lora_scale"):
+        values[name] = float(values[name])
+    return values
+
+
+def python_snippet(values: dict[str, Any], base_url: str) -> str:
+    lines = ["from gradio_client import Client, handle_file", "",
+             f"client = Client({base_url + '/'!r})", "status, images, details = client.predict("]
+    for name in GRADIO_PARAMETERS:
+        if name == "reference_image":
+            value = f"handle_file({REFERENCE_FILE!r})" if values[name] else "None"
+        else:
+            value = repr(values[name])
+        lines.append(f"    {name}={value},")
+    lines += [f'    api_name="/{API_NAME}",', ")", "print(status)",
+              "for item in images:", '    print(item["image"], item["caption"])']
+    return "\n".join(lines) + "\n"
+
+
+def curl_gradio_snippet(values: dict[str, Any], base_url: str) -> str:
+    """Two-step Gradio call; EVENT_ID=$(...) because `| read EVENT_ID` runs in a subshell in bash."""
+    data = []
+    for name in GRADIO_PARAMETERS:
+        if name == "reference_image":
+            data.append({"path": "$FILE_PATH", "meta": {"_type": "gradio.FileData"}} if values[name] else None)
+        else:
+            data.append(values[name])
+    body = json.dumps({"data": data}, ensure_ascii=False)
+    lines = [f"URL={base_url}"]
+    if values["reference_image"]:
+        lines.append(f'FILE_PATH=$(curl -s -F "files=@{REFERENCE_FILE}" "$URL/gradio_api/upload" '
+                     "| awk -F'\"' '{print $2}')")
+        quoted = shlex.quote(body).replace('"$FILE_PATH"', "\"'\"$FILE_PATH\"'\"")
+    else:
+        quoted = shlex.quote(body)
+    lines += [f'EVENT_ID=$(curl -s -X POST "$URL/gradio_api/call/{API_NAME}" '
+              f'-H "Content-Type: application/json" -d {quoted} | awk -F\'"\' \'{{print $4}}\')',
+              f'curl -sN "$URL/gradio_api/call/{API_NAME}/$EVENT_ID"']
+    return "\n".join(lines) + "\n"
+
+
+def rest_body(values: dict[str, Any]) -> dict[str, Any]:
+    """The POST /v1/images/generations body for `values` (without the reference image data)."""
+    body = {"model": "z-image-turbo", "prompt": values["prompt"], "n": values["batch_size"],
+            "size": f"{values['width']}x{values['height']}", "response_format": "b64_json"}
+    body.update(openai_extras(values))
+    return body
+
+
+def openai_extras(values: dict[str, Any]) -> dict[str, Any]:
+    extras = {"negative_prompt": values["negative_prompt"], "steps": values["steps"],
+              "guidance_scale": values["guidance"], "seed": values["seed"], "shift": values["shift"],
+              "cfg_truncation": values["cfg_truncation"], "cfg_normalization": values["cfg_normalization"]}
+    if values["reference_image"]:
+        extras["strength"] = values["strength"]
+    if values["loras"]:
+        extras["loras"] = [{"name": name, "scale": values["lora_scale"]} for name in values["loras"]]
+    return extras
+
+
+def curl_rest_snippet(values: dict[str, Any], base_url: str) -> str:
+    body = json.dumps(rest_body(values), ensure_ascii=False)
+    decode = ("python3 -c 'import sys, json, base64\n"
+              "for i, item in enumerate(json.load(sys.stdin)[\"data\"]):\n"
+              "    open(f\"z-image-{i}.png\", \"wb\").write(base64.b64decode(item[\"b64_json\"]))'")
+    if values["reference_image"]:
+        # Unquoted here-document so $(base64 ...) runs; escape what the shell would expand in the prompt.
+        escaped = body[:-1].replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+        payload = f'{escaped}, "image": "$(base64 -w0 {REFERENCE_FILE})"}}'
+        return (f'curl -s "{base_url}/v1/images/generations" -H "Content-Type: application/json" '
+                f"-d @- <<EOF | {decode}\n{payload}\nEOF\n")
+    return (f'curl -s "{base_url}/v1/images/generations" -H "Content-Type: application/json" \\\n'
+            f"  -d {shlex.quote(body)} \\\n  | {decode}\n")
+
+
+def openai_snippet(values: dict[str, Any], base_url: str) -> str:
+    extras = openai_extras(values)
+    lines = ["import base64", "", "from openai import OpenAI", "",
+             f"client = OpenAI(base_url={base_url + '/v1'!r}, api_key='not-needed')",
+             f"extra_body = {extras!r}"]
+    if values["reference_image"]:
+        lines.append(f"extra_body['image'] = base64.b64encode(open({REFERENCE_FILE!r}, 'rb').read()).decode()")
+    lines += ["response = client.images.generate(",
+              "    model='z-image-turbo',",
+              f"    prompt={values['prompt']!r},",
+              f"    n={values['batch_size']},",
+              f"    size='{values['width']}x{values['height']}',",
+              "    response_format='b64_json',",
+              "    extra_body=extra_body,",
+              ")",
+              "for i, image in enumerate(response.data):",
+              "    with open(f'z-image-{i}.png', 'wb') as handle:",
+              "        handle.write(base64.b64decode(image.b64_json))",
+              "    print(f'z-image-{i}.png')"]
+    return "\n".join(lines) + "\n"

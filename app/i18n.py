@@ -1,0 +1,180 @@
+"""Bilingual (English / Chinese) texts of messages computed on the server: errors, status lines."""
+
+from __future__ import annotations
+
+LANGUAGES = ("en", "zh")
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "queue_full": {
+        "en": "The server is busy: the queue is full ({size} jobs waiting). Please try again in a moment.",
+        "zh": "服务器繁忙：队列已满（{size} 个任务在等待）。请稍后再试。",
+    },
+    "loading": {
+        "en": "The model is still loading and warming up. Please try again in a moment.",
+        "zh": "模型仍在加载和预热中，请稍后再试。",
+    },
+    "weights_missing": {
+        "en": "Model weights not found. Looked in: {path}. {detail} Get them with "
+        "`python scripts/download_weights.py` (or point ZIMAGE_WEIGHTS_DIR at a folder that holds "
+        "z_image_turbo_bf16.safetensors, qwen_3_4b.safetensors, ae.safetensors and tokenizer/, "
+        "or a Hugging Face snapshot), then restart the service.",
+        "zh": "未找到模型权重。查找位置：{path}。{detail} 请运行 `python scripts/download_weights.py` 下载"
+        "（或将 ZIMAGE_WEIGHTS_DIR 指向包含 z_image_turbo_bf16.safetensors、qwen_3_4b.safetensors、"
+        "ae.safetensors 和 tokenizer/ 的文件夹，或 Hugging Face 快照目录），然后重启服务。",
+    },
+    "load_failed": {
+        "en": "The model failed to load: {detail}",
+        "zh": "模型加载失败：{detail}",
+    },
+    "device_failed": {
+        "en": "The GPU reported a fatal error ({detail}). The service needs a restart; the supervisor restarts "
+        "it when /health/live fails.",
+        "zh": "GPU 报告了致命错误（{detail}）。服务需要重启；/health/live 失败后 supervisor 会自动重启它。",
+    },
+    "shutting_down": {
+        "en": "The server is shutting down and accepts no new jobs.",
+        "zh": "服务器正在关闭，不再接受新任务。",
+    },
+    "prompt_empty": {
+        "en": "The prompt is empty. Describe the image you want.",
+        "zh": "提示词为空，请描述想要生成的图像。",
+    },
+    "prompt_too_long": {
+        "en": "The prompt is too long: {tokens} tokens, the limit is {limit}. Shorten it.",
+        "zh": "提示词过长：{tokens} 个 token，上限为 {limit}。请缩短提示词。",
+    },
+    "prompt_too_many_chars": {
+        "en": "The prompt is too long: {chars} characters, the limit is {limit}. Shorten it.",
+        "zh": "提示词过长：{chars} 个字符，上限为 {limit}。请缩短提示词。",
+    },
+    "size_out_of_range": {
+        "en": "{field} must be a multiple of 16 between {min} and {max}; got {value}.",
+        "zh": "{field} 必须是 16 的倍数，且在 {min} 到 {max} 之间；当前为 {value}。",
+    },
+    "size_format": {
+        "en": "size must look like \"1024x1024\" (width x height); got {value!r}.",
+        "zh": "size 的格式应为 \"1024x1024\"（宽 x 高）；当前为 {value!r}。",
+    },
+    "out_of_range": {
+        "en": "{field} must be between {min} and {max}; got {value}.",
+        "zh": "{field} 必须在 {min} 到 {max} 之间；当前为 {value}。",
+    },
+    "invalid_value": {
+        "en": "Invalid value for {field}: {detail}",
+        "zh": "{field} 的值无效：{detail}",
+    },
+    "not_an_image": {
+        "en": "The uploaded {field} is not an image that can be read (use PNG, JPEG or WebP).",
+        "zh": "上传的 {field} 不是可读取的图片（请使用 PNG、JPEG 或 WebP）。",
+    },
+    "bad_base64": {
+        "en": "{field} must be a base64-encoded image (optionally a data: URL).",
+        "zh": "{field} 必须是 base64 编码的图片（可带 data: URL 前缀）。",
+    },
+    "upload_too_large": {
+        "en": "The uploaded {field} is too large: {size} bytes, the limit is {limit} bytes.",
+        "zh": "上传的 {field} 太大：{size} 字节，上限为 {limit} 字节。",
+    },
+    "upload_too_many_pixels": {
+        "en": "The uploaded {field} has too many pixels: {pixels}, the limit is {limit} pixels. Resize it first.",
+        "zh": "上传的 {field} 像素过多：{pixels}，上限为 {limit} 像素。请先缩小图片。",
+    },
+    "invalid_json": {
+        "en": "The request body is not valid JSON: {detail}",
+        "zh": "请求体不是有效的 JSON：{detail}",
+    },
+    "unknown_field": {
+        "en": "Unknown field {field!r}; remove it. Accepted fields: {accepted}.",
+        "zh": "未知字段 {field!r}，请删除它。可接受的字段：{accepted}。",
+    },
+    "missing_field": {
+        "en": "The field {field!r} is required.",
+        "zh": "缺少必填字段 {field!r}。",
+    },
+    "wrong_type": {
+        "en": "The field {field!r} has the wrong type: {detail}",
+        "zh": "字段 {field!r} 的类型错误：{detail}",
+    },
+    "lora_not_found": {
+        "en": "LoRA {name!r} was not found in {folder}. Available: {available}.",
+        "zh": "在 {folder} 中找不到 LoRA {name!r}。可用：{available}。",
+    },
+    "url_format_unsupported": {
+        "en": "response_format \"url\" is not offered; use \"b64_json\".",
+        "zh": "不支持 response_format \"url\"，请使用 \"b64_json\"。",
+    },
+    "cancelled": {
+        "en": "Generation stopped.",
+        "zh": "已停止生成。",
+    },
+    "out_of_memory": {
+        "en": "Out of GPU memory for this job. Try a smaller size, a smaller batch, or guidance 0.",
+        "zh": "显存不足，无法完成此任务。请尝试更小的尺寸、更小的批量或将引导系数设为 0。",
+    },
+    "does_not_fit": {
+        "en": "This job does not fit in GPU memory ({detail}). Try a smaller size, a smaller batch, or guidance 0.",
+        "zh": "此任务超出显存容量（{detail}）。请尝试更小的尺寸、更小的批量或将引导系数设为 0。",
+    },
+    "internal_error": {
+        "en": "Generation failed because of an internal error ({detail}). The server keeps running; see its log.",
+        "zh": "生成因内部错误失败（{detail}）。服务仍在运行，详情见服务日志。",
+    },
+    "engine_rejected": {
+        "en": "The request was rejected: {detail}",
+        "zh": "请求被拒绝：{detail}",
+    },
+    "status_queued": {
+        "en": "Waiting in queue: {ahead} job(s) ahead of yours.",
+        "zh": "排队中：前面还有 {ahead} 个任务。",
+    },
+    "status_running": {
+        "en": "Generating: step {step}/{total}.",
+        "zh": "生成中：第 {step}/{total} 步。",
+    },
+    "status_done": {
+        "en": "Done in {seconds:.1f} s. Seeds: {seeds}.",
+        "zh": "完成，用时 {seconds:.1f} 秒。种子：{seeds}。",
+    },
+    "png_without_recipe": {
+        "en": "This image carries no Z-Image recipe, so the form was left as it was.",
+        "zh": "这张图片不含 Z-Image 生成参数，表单保持不变。",
+    },
+    "recipe_restored": {
+        "en": "Form restored from the image's recipe (seed {seed}).",
+        "zh": "已从图片中的生成参数恢复表单（种子 {seed}）。",
+    },
+}
+
+
+def language_from_header(accept_language: str | None) -> str:
+    """Pick "zh" or "en" from an Accept-Language header, honouring q-values; English by default."""
+    if not accept_language:
+        return "en"
+    best_lang, best_q = "en", -1.0
+    for part in accept_language.split(","):
+        pieces = part.strip().split(";")
+        tag = pieces[0].strip().lower()
+        q = 1.0
+        for param in pieces[1:]:
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        base = tag.split("-")[0]
+        if base in LANGUAGES and q > best_q:
+            best_lang, best_q = base, q
+    return best_lang
+
+
+def normalize_language(lang: str | None) -> str:
+    """Map a UI locale ("zh-CN", "zh-TW", "en-US", ...) to one of LANGUAGES."""
+    base = (lang or "en").split("-")[0].lower()
+    return base if base in LANGUAGES else "en"
+
+
+def translate(key: str, lang: str = "en", **params: object) -> str:
+    """The message `key` in `lang` with `params` filled in."""
+    texts = MESSAGES[key]
+    return texts.get(normalize_language(lang), texts["en"]).format(**params)

@@ -1,0 +1,49 @@
+"""LoRA files offered by name: ZIMAGE_LORA_DIR/<name>.safetensors -> model.LoraSpec (seam for the picker)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from app.errors import ServiceError, out_of_range
+from model.lora import file_sha256
+from model.request import LoraSpec
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SUFFIX = ".safetensors"
+MAX_LORAS = 8
+SCALE_RANGE = (-4.0, 4.0)
+
+
+def list_lora_names(lora_dir: Path) -> list[str]:
+    """Names (file stems) of the LoRA files in `lora_dir`, sorted; empty when the folder is missing."""
+    if not lora_dir.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in lora_dir.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
+
+
+def resolve_loras(items: Iterable[Mapping[str, object]], lora_dir: Path) -> tuple[LoraSpec, ...]:
+    """[{"name", "scale"}] -> LoraSpecs with absolute paths; unknown names are an error listing the choices."""
+    specs = []
+    for index, item in enumerate(items):
+        if index >= MAX_LORAS:
+            raise out_of_range("loras", index + 1, 0, MAX_LORAS)
+        name = str(item.get("name", ""))
+        scale = float(item.get("scale", 1.0))  # type: ignore[arg-type]
+        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            raise out_of_range(f"loras[{index}].scale", scale, *SCALE_RANGE)
+        path = lora_dir / f"{name}{SUFFIX}"
+        # The name pattern keeps requests inside lora_dir (no "../", no absolute paths).
+        if not NAME_PATTERN.match(name) or not path.is_file():
+            available = ", ".join(list_lora_names(lora_dir)) or "-"
+            raise ServiceError("lora_not_found", field=f"loras[{index}].name", name=name,
+                               folder=str(lora_dir), available=available)
+        specs.append(LoraSpec(path=str(path.resolve()), scale=scale, name=name))
+    return tuple(specs)
+
+
+def lora_fingerprints(specs: Iterable[LoraSpec]) -> list[dict]:
+    """name, scale and file sha256 of each LoRA, for the PNG recipe."""
+    return [{"name": s.name, "scale": s.scale, "file": Path(s.path).name, "sha256": file_sha256(s.path)}
+            for s in specs]

@@ -1,0 +1,350 @@
+"""The generation service: one worker thread owns the engine; one bounded queue serves every door."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gc
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from app.engine_loader import EngineFactory
+from app.errors import ServiceError, queue_full
+from app.jobs import Job, JobImage, JobResult
+from app.loras import lora_fingerprints
+from app.metadata import build_recipe, encode_png
+from app.metrics import Metrics
+from app.settings import Settings
+from app.validation import MAX_SEED, check_prompt_tokens, check_request
+from model.errors import GenerationCancelled, InvalidRequestError
+from model.errors import OutOfMemoryError as EngineOutOfMemory
+from model.request import GenerationRequest, StepProgress
+
+logger = logging.getLogger(__name__)
+
+MEMORY_ERRORS = ("out_of_memory", "does_not_fit")
+# Time a cancelled job needs to stop (one step) and its client to get the answer.
+STOP_MARGIN_SECONDS = 5.0
+
+
+class EngineState:
+    """Names of the engine's life stages, as /health and the UI banner report them."""
+
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
+class GenerationService:
+    """Queue + worker. `submit()` from any thread; the worker runs jobs one at a time, in order."""
+
+    def __init__(self, settings: Settings, load_engine: EngineFactory, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._load_engine = load_engine
+        self._engine: Any = None
+        self.engine_info: dict[str, Any] = {}
+        self.engine_state = EngineState.LOADING
+        self.unavailable_error: ServiceError | None = None
+        self.device_failed = False
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        # Re-entrant: begin_shutdown may run in a signal handler on a thread that holds the lock.
+        self._cond = threading.Condition(threading.RLock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.metrics.add_gauge("zimage_queue_depth", "Jobs waiting behind the running one.", lambda: len(self._waiting))
+        self.metrics.add_gauge("zimage_jobs_running", "Jobs being generated now (0 or 1).",
+                               lambda: int(self._running is not None))
+        self.metrics.add_gauge("zimage_model_ready", "1 when the model is loaded and warmed up.",
+                               lambda: int(self.ready))
+
+    # ---- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker: it loads the engine, warms it up, then serves the queue."""
+        self._thread = threading.Thread(target=self._worker_main, name="zimage-worker", daemon=True)
+        self._thread.start()
+
+    def begin_shutdown(self, grace_seconds: float | None = None) -> None:
+        """Non-blocking (safe from a signal handler): refuse new jobs, drop waiting ones, and cancel the
+        running job if it is still going after `grace_seconds`, so its client gets a 503 in time."""
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        with self._cond:
+            self._stopping = True
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            running = self._running
+            self._cond.notify_all()
+        for job in dropped:
+            job.fail(ServiceError("shutting_down", status=503))
+        if running is not None:
+            timer = threading.Timer(grace, self._cancel_after_grace, args=(running, grace))
+            timer.daemon = True
+            timer.start()
+
+    def _cancel_after_grace(self, job: Job, grace: float) -> None:
+        if not job.done:
+            logger.warning("shutdown: cancelling %s after %.0f s grace", job.id, grace)
+            job.request_cancel()
+
+    def shutdown(self, grace_seconds: float | None = None) -> None:
+        """Blocking stop: begin_shutdown, then wait for the worker (bounded)."""
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        running = self._running
+        self.begin_shutdown(grace)
+        if running is not None and not running.wait(grace + STOP_MARGIN_SECONDS):
+            running.request_cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=grace + 2 * STOP_MARGIN_SECONDS)
+            if self._thread.is_alive():
+                logger.error("shutdown: the worker did not stop in time (engine call still running)")
+        logger.info("generation service stopped")
+
+    @property
+    def ready(self) -> bool:
+        return self.engine_state == EngineState.READY
+
+    # ---- doors ------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, door: str, owner: str | None = None) -> Job:
+        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full)."""
+        self.require_ready()
+        check_request(request, self.settings)
+        tokens = check_prompt_tokens(request.prompt, self.settings, self.count_tokens)
+        if request.guidance > 0 and request.negative_prompt:
+            tokens = max(tokens, check_prompt_tokens(request.negative_prompt, self.settings, self.count_tokens))
+        seed = secrets.randbelow(MAX_SEED + 1) if request.seed < 0 else request.seed
+        # Raise the truncation point to the prompt's length: prompts are never cut silently.
+        request = dataclasses.replace(request, seed=seed,
+                                      max_sequence_length=max(tokens, request.max_sequence_length))
+        with self._cond:
+            if self._stopping:
+                raise ServiceError("shutting_down", status=503)
+            if len(self._waiting) >= self.settings.queue_size:
+                self.metrics.job_finished("rejected")
+                raise queue_full(len(self._waiting))
+            ahead = len(self._waiting) + (1 if self._running is not None else 0)
+            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead)
+            self._waiting.append(job)
+            self.metrics.job_submitted()
+            self._cond.notify_all()
+        logger.info("%s queued from %s (%d ahead, seed %d)", job.id, door, ahead, seed)
+        return job
+
+    def require_ready(self) -> None:
+        """Raise the explanation doors show while the engine is loading or unavailable."""
+        if self.engine_state == EngineState.UNAVAILABLE and self.unavailable_error is not None:
+            raise self.unavailable_error
+        if not self.ready:
+            raise ServiceError("loading", status=503)
+
+    def count_tokens(self, prompt: str) -> int:
+        self.require_ready()
+        return int(self._engine.count_tokens(prompt))
+
+    def jobs_ahead(self, job: Job) -> int:
+        """How many jobs run before `job` starts: the running one plus those queued before it."""
+        with self._cond:
+            try:
+                index = self._waiting.index(job)
+            except ValueError:
+                return 0
+            return index + (1 if self._running is not None else 0)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job: a queued one leaves the queue at once, a running one stops at its next step."""
+        with self._cond:
+            queued = job in self._waiting
+            if queued:
+                self._waiting.remove(job)
+        job.request_cancel()
+        if queued:
+            job.mark_cancelled()
+            self.metrics.job_finished("cancelled")
+
+    def cancel_owned_by(self, owner: str) -> int:
+        """Cancel every unfinished job submitted by `owner` (a browser session); returns the count."""
+        with self._cond:
+            jobs = [j for j in self._waiting if j.owner == owner]
+            if self._running is not None and self._running.owner == owner:
+                jobs.append(self._running)
+        for job in jobs:
+            self.cancel(job)
+        return len(jobs)
+
+    def running_for(self) -> float:
+        """Seconds the current job has been running (0 when idle): the watchdog reads this."""
+        job = self._running
+        return time.time() - job.started_at if job is not None and job.started_at else 0.0
+
+    # ---- worker -----------------------------------------------------------------------------
+    def _worker_main(self) -> None:
+        if not self._load():
+            return
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._waiting or self._stopping)
+                if self._stopping:
+                    return
+                job = self._waiting.popleft()
+                self._running = job
+            try:
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _load(self) -> bool:
+        """Load and warm up the engine; on failure stay alive and explain (never crash-loop)."""
+        started = time.perf_counter()
+        try:
+            self._engine = self._load_engine()
+            self.engine_info = dict(self._engine.describe())
+            self.metrics.observe_stage("load", time.perf_counter() - started)
+            if self.settings.warmup:
+                self.engine_state = EngineState.WARMING_UP
+                warm_start = time.perf_counter()
+                self._engine.warmup()
+                self.metrics.observe_stage("warmup", time.perf_counter() - warm_start)
+        except ServiceError as err:
+            logger.error("engine unavailable: %s", err)
+            self.unavailable_error = err
+        except Exception as err:  # a broken install must leave the app serving its explanation
+            logger.exception("engine failed to load")
+            self.unavailable_error = ServiceError("load_failed", status=503, detail=f"{type(err).__name__}: {err}")
+        if self.unavailable_error is not None:
+            self.engine_state = EngineState.UNAVAILABLE
+            return False
+        self.engine_state = EngineState.READY
+        logger.info("engine ready in %.1f s: %s", time.perf_counter() - started, self.engine_info)
+        return True
+
+    def _run(self, job: Job) -> None:
+        """Run one job; every failure ends up on the job, never in the worker."""
+        job.mark_running()
+        self.metrics.observe_stage("queue_wait", job.started_at - job.submitted_at)
+        out_of_memory = False
+        try:
+            result = self._engine.generate(job.request, on_step=lambda p: self._on_step(job, p))
+            job.succeed(self._package(job, result))
+        except GenerationCancelled:
+            # Cancelled by shutdown: the waiting client gets a retryable 503, not a bare "stopped".
+            job.mark_cancelled(ServiceError("shutting_down", status=503) if self._stopping else None)
+        except InvalidRequestError as err:
+            job.fail(ServiceError("engine_rejected", status=400, field=err.field, detail=str(err)))
+        except EngineOutOfMemory as err:  # refused before running: the estimate says it cannot fit
+            job.fail(ServiceError("does_not_fit", status=500, detail=str(err)))
+        except Exception as err:
+            if _is_out_of_memory(err):
+                out_of_memory = True
+            elif _is_fatal_device_error(err):
+                logger.critical("%s: the device is unusable (%s); /health/live now fails so the process restarts",
+                                job.id, err)
+                self._mark_device_failed(job, f"{type(err).__name__}: {err}")
+            else:
+                logger.exception("%s failed", job.id)
+                job.fail(ServiceError("internal_error", status=500, detail=type(err).__name__))
+        if out_of_memory:
+            # Outside the except block: the exception's traceback no longer pins tensors.
+            _free_device_memory()
+            job.fail(ServiceError("out_of_memory", status=500))
+        self._record_outcome(job)
+
+    def _mark_device_failed(self, job: Job, detail: str) -> None:
+        """A CUDA error other than OOM poisons the context: refuse new work until a restart."""
+        error = ServiceError("device_failed", status=503, detail=detail)
+        self.device_failed = True
+        self.unavailable_error = error
+        self.engine_state = EngineState.UNAVAILABLE
+        job.fail(error)
+        with self._cond:
+            dropped = list(self._waiting)
+            self._waiting.clear()
+        for waiting in dropped:
+            waiting.fail(error)
+
+    def _on_step(self, job: Job, progress: StepProgress) -> None:
+        job.report_step(progress.step, progress.total)
+        if self.settings.debug_step_delay:
+            job.sleep_unless_cancelled(self.settings.debug_step_delay)
+        if job.cancel_requested:
+            raise GenerationCancelled(f"{job.id} cancelled at step {progress.step}")
+
+    def _package(self, job: Job, result: Any) -> JobResult:
+        """PNG-encode every image with its recipe and save it to the output folder."""
+        started = time.perf_counter()
+        request = job.request
+        loras = lora_fingerprints(request.loras)
+        reference = _reference_summary(request)
+        images = []
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            recipe = build_recipe(request, seed, index, self.engine_info, loras, reference, result.timings)
+            png = encode_png(image, recipe)
+            images.append(JobImage(png=png, path=self._save(job, index, seed, png), seed=seed, recipe=recipe))
+        timings = dict(result.timings)
+        timings["png_encode"] = time.perf_counter() - started
+        timings["queue_wait"] = job.started_at - job.submitted_at
+        return JobResult(images=images, seeds=list(result.seeds), timings=timings,
+                         prompt_tokens=result.prompt_tokens)
+
+    def _save(self, job: Job, index: int, seed: int, png: bytes) -> Path | None:
+        folder = self.settings.output_dir / time.strftime("%Y-%m-%d")
+        path = folder / f"{time.strftime('%H%M%S')}-{job.id}-{index}-{seed}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+        except OSError as err:  # a full disk must not lose the image the client is waiting for
+            logger.error("could not save %s: %s", path, err)
+            return None
+        return path
+
+    def _record_outcome(self, job: Job) -> None:
+        if job.error is not None and job.error.key in MEMORY_ERRORS:
+            outcome = "out_of_memory"
+        else:
+            outcome = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(job.state.value, "failed")
+        images = len(job.result.images) if job.result else 0
+        self.metrics.job_finished(outcome, images)
+        if job.result:
+            for stage, seconds in job.result.timings.items():
+                self.metrics.observe_stage(stage, seconds)
+        if job.error is not None and outcome != "cancelled":
+            self.metrics.error(job.error.key)
+        logger.info("%s %s in %.2f s", job.id, outcome, (job.finished_at or 0) - (job.started_at or 0))
+
+
+def _is_out_of_memory(err: Exception) -> bool:
+    import torch  # the worker already has torch loaded through the engine
+
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+# Messages of CUDA errors after which the context cannot be trusted (unlike out-of-memory).
+FATAL_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_", "cuDNN error")
+
+
+def _is_fatal_device_error(err: Exception) -> bool:
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in FATAL_DEVICE_MARKERS)
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reference_summary(request: GenerationRequest) -> dict | None:
+    """What the recipe records about a reference image: its size and a hash of its pixels."""
+    image = request.reference_image
+    if image is None:
+        return None
+    digest = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+    return {"used": True, "width": image.width, "height": image.height, "sha256": digest,
+            "strength": request.strength}

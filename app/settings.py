@@ -1,0 +1,147 @@
+"""Runtime settings: configs/app.toml (or ZIMAGE_CONFIG) overlaid with ZIMAGE_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "app.toml"
+ENV_PREFIX = "ZIMAGE_"
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("bfloat16", "float16", "float32")
+ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the app cannot use; the message names the key and its source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads at start. Field names are the TOML keys and ZIMAGE_<NAME> env vars."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    log_level: str = "info"
+    shutdown_grace_seconds: float = 30.0
+    weights_dir: Path = Path("weights")
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    memory_mode: str = "full"
+    attention: str = "auto"
+    warmup: bool = True
+    lora_dir: Path = Path("loras")
+    queue_size: int = 8
+    watchdog_seconds: float = 600.0
+    min_size: int = 256
+    max_size: int = 2048
+    max_batch: int = 4
+    max_steps: int = 50
+    max_prompt_tokens: int = 1024
+    max_prompt_chars: int = 20000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_pixels: int = 4096 * 4096
+    output_dir: Path = Path("outputs")
+    # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
+    # press Stop. Never set it in production; 0 disables it.
+    debug_step_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("attention", self.attention, ATTENTION_BACKENDS)
+        _check_choice("log_level", self.log_level, LOG_LEVELS)
+        for name in ("port", "queue_size", "min_size", "max_size", "max_batch", "max_steps",
+                     "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.port > 65535:
+            raise SettingsError(f"setting port must be at most 65535, got {self.port}")
+        if self.min_size % 16 or self.max_size % 16 or self.min_size > self.max_size:
+            raise SettingsError(
+                f"min_size ({self.min_size}) and max_size ({self.max_size}) must be multiples of 16 "
+                "with min_size <= max_size"
+            )
+        if self.debug_step_delay < 0 or self.watchdog_seconds <= 0 or self.shutdown_grace_seconds < 0:
+            raise SettingsError("debug_step_delay, watchdog_seconds and shutdown_grace_seconds must be >= 0")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SettingsError(f"setting {name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (ZIMAGE_CONFIG or configs/app.toml) and apply ZIMAGE_* overrides."""
+    env = os.environ if env is None else env
+    config_path = Path(env.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG))
+    values: dict[str, Any] = {}
+    for key, raw in _read_toml(config_path).items():
+        values[key] = _parse_value(key, raw, f"{config_path}")
+    for key in _field_types():
+        env_name = f"{ENV_PREFIX}{key.upper()}"
+        if env_name in env:
+            values[key] = _parse_value(key, env[env_name], f"environment variable {env_name}")
+    return Settings(**values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Flatten the TOML tables into one key -> value dict; unknown keys are errors, not silence."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist (set ZIMAGE_CONFIG to a TOML file)") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"settings file {path} is not valid TOML: {err}") from None
+    flat: dict[str, Any] = {}
+    for section, table in document.items():
+        items = table.items() if isinstance(table, dict) else [(section, table)]
+        for key, value in items:
+            if key not in _field_types():
+                raise SettingsError(f"unknown setting {key!r} in {path}; known: {', '.join(_field_types())}")
+            flat[key] = value
+    return flat
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in fields(Settings)}
+
+
+def _parse_value(key: str, raw: Any, source: str) -> Any:
+    """Convert a TOML value or an environment string to the field's type, or explain why not."""
+    kind = _field_types()[key]
+    text = str(raw).strip()
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if text.lower() in TRUE_WORDS:
+                return True
+            if text.lower() in FALSE_WORDS:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(raw, float) or isinstance(raw, bool):
+                raise ValueError("expected a whole number")
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "Path":
+            return Path(text).expanduser()
+        return text
+    except ValueError as err:
+        raise SettingsError(f"setting {key}={raw!r} from {source} is invalid: {err}") from None
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of `settings` with some fields replaced (validated again)."""
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,217 @@
+"""The Gradio 6 page: form, results, history, API export; every generate goes to the shared service.
+
+Concurrency decision: the generate event has `concurrency_limit=None`, so Gradio hands every job
+straight to OUR queue (app.service), which orders UI, Gradio-API and REST jobs together, reports
+positions and refuses overflow. Were Gradio to hold jobs in its own queue (limit 1), UI jobs would wait
+there unseen by REST and our positions would be wrong. `queue(api_open=False)` closes
+`/gradio_api/run/...`, so nothing reaches the engine except through the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app.export_code import GRADIO_PARAMETERS
+from app.loras import list_lora_names
+from app.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
+from app.service import GenerationService
+from app.ui_handlers import RESTORED_FIELDS, UiHandlers
+from app.ui_strings import ui_text
+
+
+class Labels:
+    """Components whose texts the explicit language switch rewrites (it must beat the browser locale)."""
+
+    def __init__(self, translations: gr.I18n):
+        self.t = translations  # key -> I18nData, translated by the browser's locale
+        self.entries: list[tuple[Any, dict[str, str]]] = []
+
+    def __call__(self, component: Any, **props: str) -> Any:
+        """Register `component`: each prop (label, info, value, ...) names its ui_strings key."""
+        self.entries.append((component, props))
+        return component
+
+    def relabel(self, lang: str) -> list[dict]:
+        """Updates that set every registered text in `lang`, in `components` order."""
+        return [gr.update(**{prop: ui_text(key, lang) for prop, key in props.items()}) for _, props in self.entries]
+
+    @property
+    def components(self) -> list[Any]:
+        return [component for component, _ in self.entries]
+
+
+# The generate event's inputs, in the order of UiHandlers.generate's parameters (= the public API).
+FORM_INPUTS = GRADIO_PARAMETERS
+
+
+def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
+    """The page, wired to `service`. Elements carry elem_ids for tests."""
+    handlers = UiHandlers(service)
+    labels = Labels(translations)
+    with gr.Blocks(title="Z-Image-Turbo", delete_cache=(3600, 3600)) as demo:
+        ui = _build_layout(labels, service.settings)
+        _wire_generation(handlers, ui)
+        _wire_form(handlers, ui)
+        _wire_export(handlers, ui)
+        _wire_page(handlers, ui, labels, demo, service.settings.lora_dir)
+    return demo
+
+
+def _build_layout(L: Labels, settings: Any) -> dict[str, Any]:
+    """Every component by name: states, header, form, buttons, results, history, export panel."""
+    t = L.t
+    ui: dict[str, Any] = {"lang": gr.State(None), "last_result": gr.State(None), "history": gr.State([])}
+    with gr.Row():
+        L(gr.Markdown(t("heading"), elem_id="heading"), value="heading")
+        ui["lang_radio"] = gr.Radio([("中文", "zh"), ("English", "en")], value=None, label="语言 / Language",
+                                    elem_id="lang-switch", scale=0, min_width=200)
+    ui["banner"] = gr.Markdown(visible=False, elem_id="weights-banner")
+    ui["banner_timer"] = gr.Timer(2.0, active=True)
+    with gr.Row():
+        with gr.Column(scale=5):
+            ui.update(_build_form(L, settings))
+            with gr.Row():
+                ui["generate"] = L(gr.Button(t("generate"), variant="primary", elem_id="gen-btn"), value="generate")
+                ui["stop"] = L(gr.Button(t("stop"), variant="stop", elem_id="stop-btn"), value="stop")
+            ui["recipe_drop"] = L(gr.File(label=t("recipe_drop"), file_types=[".png"], type="filepath",
+                                          elem_id="recipe-drop", height=90), label="recipe_drop")
+        with gr.Column(scale=5):
+            ui["status"] = gr.Markdown(elem_id="status")
+            ui["gallery"] = L(gr.Gallery(label=t("gallery"), format="png", columns=2, height=520, elem_id="gallery",
+                                         buttons=["download", "fullscreen"]), label="gallery")
+            ui["details"] = L(gr.JSON(label=t("details"), elem_id="details", open=False), label="details")
+            ui["history_gallery"] = L(gr.Gallery(label=t("history"), format="png", columns=6, height=160,
+                                                 elem_id="history", allow_preview=False), label="history")
+            ui.update(_build_export(L))
+    return ui
+
+
+def _wire_generation(handlers: UiHandlers, ui: dict[str, Any]) -> None:
+    """Generate (the public /generate API), history after success, and Stop."""
+    generate_event = ui["generate"].click(
+        handlers.generate, inputs=[*(ui[name] for name in FORM_INPUTS), ui["lang"]],
+        outputs=[ui["status"], ui["gallery"], ui["details"], ui["last_result"]],
+        api_name="generate", concurrency_limit=None, show_progress="minimal",
+        # Raw values reach the handler, which checks them itself: so a bad upload gets our bilingual
+        # message instead of Gradio's preprocessing traceback.
+        preprocess=False,
+    )
+    generate_event.success(handlers.remember, inputs=[ui["last_result"], ui["history"]],
+                           outputs=[ui["history"], ui["history_gallery"], ui["export_source"]],
+                           api_visibility="private")
+    # Stop cancels OUR job; the generate generator then ends on its own and reports the stop as its
+    # last output. `cancels=[generate_event]` is deliberately not used: killing the stream races with
+    # the progress updates already in flight, and the status could stay at "step 5/50".
+    ui["stop"].click(handlers.stop, api_visibility="private", queue=False)
+
+
+def _wire_export(handlers: UiHandlers, ui: dict[str, Any]) -> None:
+    inputs = [ui["export_source"], ui["history"], ui["lang"], *(ui[name] for name in FORM_INPUTS)]
+    for trigger in (ui["export_button"].click, ui["export_source"].change):
+        trigger(handlers.export, inputs=inputs, outputs=ui["codes"], api_visibility="private",
+                concurrency_limit=None)
+    ui["history_gallery"].select(handlers.history_selected, inputs=[ui["history"]], outputs=[ui["export_source"]],
+                                 api_visibility="private")
+
+
+def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: gr.Blocks, lora_dir: Any) -> None:
+    """Language (browser first, then the switch), the weights banner, and the LoRA list on page load."""
+    private = {"api_visibility": "private", "queue": False}
+    ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
+        labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private)
+    ui["banner_timer"].tick(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
+    demo.load(handlers.detect_language, outputs=[ui["lang"], ui["lang_radio"]], **private)
+    demo.load(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
+    demo.load(lambda: gr.update(choices=list_lora_names(lora_dir)), outputs=[ui["loras"]], **private)
+
+
+def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
+    """Prompt, guidance/steps/seed, size presets, batch, reference image, advanced: name -> component."""
+    t = L.t
+    f: dict[str, Any] = {}
+    f["prompt"] = L(gr.Textbox(label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, elem_id="prompt"),
+                    label="prompt", placeholder="prompt_placeholder")
+    f["tokens"] = gr.Markdown(elem_id="token-count")
+    f["negative_prompt"] = L(gr.Textbox(label=t("negative_prompt"), info=t("negative_info"), lines=1,
+                                        interactive=False, elem_id="negative-prompt"),
+                             label="negative_prompt", info="negative_info")
+    with gr.Row():
+        f["guidance"] = L(gr.Slider(0.0, 20.0, value=0.0, step=0.5, label=t("guidance"), info=t("guidance_info"),
+                                    elem_id="guidance"), label="guidance", info="guidance_info")
+        f["steps"] = L(gr.Slider(1, settings.max_steps, value=8, step=1, label=t("steps"), info=t("steps_info"),
+                                 elem_id="steps"), label="steps", info="steps_info")
+    with gr.Row(equal_height=True):
+        f["seed"] = L(gr.Number(value=-1, precision=0, minimum=-1, maximum=2**32 - 1, label=t("seed"),
+                                info=t("seed_info"), elem_id="seed"), label="seed", info="seed_info")
+        f["seed_random"] = L(gr.Button(t("seed_random"), size="sm", elem_id="seed-random"), value="seed_random")
+        f["seed_reuse"] = L(gr.Button(t("seed_reuse"), size="sm", elem_id="seed-reuse"), value="seed_reuse")
+    with gr.Row():
+        f["size_class"] = L(gr.Radio(list(SIZE_CLASSES), value=DEFAULT_CLASS, label=t("size_class"),
+                                     elem_id="size-class"), label="size_class")
+        presets = preset_choices(DEFAULT_CLASS, settings.max_size)
+        f["preset"] = L(gr.Dropdown(presets, value=presets[0][1] if presets else None, label=t("aspect"),
+                                    elem_id="size-preset"), label="aspect")
+    with gr.Row():
+        default_size = min(max(1024, settings.min_size), settings.max_size)
+        f["width"] = L(gr.Slider(settings.min_size, settings.max_size, value=default_size, step=16, label=t("width"),
+                                 elem_id="width"), label="width")
+        f["height"] = L(gr.Slider(settings.min_size, settings.max_size, value=default_size, step=16,
+                                  label=t("height"), elem_id="height"), label="height")
+    f["batch_size"] = L(gr.Slider(1, settings.max_batch, value=1, step=1, label=t("batch"), elem_id="batch"),
+                        label="batch")
+    with gr.Row():
+        f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"], label=t("reference"),
+                                          elem_id="ref-img", height=220), label="reference")
+        f["strength"] = L(gr.Slider(0.01, 1.0, value=0.6, step=0.01, label=t("strength"), info=t("strength_info"),
+                                    elem_id="strength"), label="strength", info="strength_info")
+    with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
+        f["shift"] = L(gr.Slider(0.1, 20.0, value=3.0, step=0.1, label=t("shift"), elem_id="shift"), label="shift")
+        f["cfg_truncation"] = L(gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=t("cfg_truncation"),
+                                          elem_id="cfg-truncation"), label="cfg_truncation")
+        f["cfg_normalization"] = L(gr.Slider(0.0, 10.0, value=0.0, step=0.05, label=t("cfg_normalization"),
+                                             elem_id="cfg-normalization"), label="cfg_normalization")
+        # LoRA picker seam: names from ZIMAGE_LORA_DIR (refreshed on page load), one shared strength.
+        f["loras"] = L(gr.Dropdown(list_lora_names(settings.lora_dir), value=[], multiselect=True,
+                                   label=t("loras"), elem_id="loras"), label="loras")
+        f["lora_scale"] = L(gr.Slider(-4.0, 4.0, value=1.0, step=0.05, label=t("lora_scale"), elem_id="lora-scale"),
+                            label="lora_scale")
+    return f
+
+
+def _build_export(L: Labels) -> dict[str, Any]:
+    t = L.t
+    with L(gr.Accordion(t("export"), open=False, elem_id="export"), label="export"):
+        with gr.Row():
+            source = L(gr.Dropdown([("当前表单 / current form", -1)], value=-1, label=t("export_source"),
+                                   elem_id="export-source"), label="export_source")
+            button = L(gr.Button(t("export_button"), elem_id="export-btn"), value="export_button")
+        codes = [
+            L(gr.Code(language="python", label=t("code_python"), elem_id="code-python", interactive=False),
+              label="code_python"),
+            L(gr.Code(language="shell", label=t("code_curl_gradio"), elem_id="code-curl-gradio", interactive=False),
+              label="code_curl_gradio"),
+            L(gr.Code(language="shell", label=t("code_curl_rest"), elem_id="code-curl-rest", interactive=False),
+              label="code_curl_rest"),
+            L(gr.Code(language="python", label=t("code_openai"), elem_id="code-openai", interactive=False),
+              label="code_openai"),
+        ]
+    return {"export_source": source, "export_button": button, "codes": codes}
+
+
+def _wire_form(handlers: UiHandlers, f: dict[str, Any]) -> None:
+    """Token counter, negative-prompt toggle, seed buttons, size presets, recipe drop."""
+    private = {"api_visibility": "private", "queue": False}
+    f["prompt"].change(handlers.count_tokens, inputs=[f["prompt"], f["lang"]], outputs=[f["tokens"]],
+                       trigger_mode="always_last", show_progress="hidden", **private)
+    f["guidance"].change(handlers.toggle_negative, inputs=[f["guidance"]], outputs=[f["negative_prompt"]], **private)
+    f["seed_random"].click(lambda: -1, outputs=[f["seed"]], **private)
+    f["seed_reuse"].click(handlers.reuse_seed, inputs=[f["last_result"], f["seed"]], outputs=[f["seed"]], **private)
+    f["size_class"].input(handlers.size_class_changed, inputs=[f["size_class"]],
+                          outputs=[f["preset"], f["width"], f["height"]], **private)
+    f["preset"].input(handlers.preset_changed, inputs=[f["preset"], f["width"], f["height"]],
+                      outputs=[f["width"], f["height"]], **private)
+    restore_outputs = [f[name] for name in RESTORED_FIELDS] + [f["batch_size"], f["status"]]
+    f["recipe_drop"].upload(handlers.restore_from_png, inputs=[f["recipe_drop"], f["lang"]], outputs=restore_outputs,
+                            **private)

@@ -1,0 +1,254 @@
+"""What the Gradio events do: every generate goes through the shared service; the rest is form plumbing."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+import gradio as gr
+from PIL import Image
+
+from app.errors import ServiceError
+from app.export_code import GRADIO_PARAMETERS, snippets_for
+from app.i18n import language_from_header, translate
+from app.jobs import Job, JobState
+from app.loras import resolve_loras
+from app.metadata import read_recipe
+from app.presets import preset_choices
+from app.service import EngineState, GenerationService
+from app.ui_strings import ui_text
+from app.validation import open_uploaded_file
+from model.request import GenerationRequest
+
+POLL_SECONDS = 0.5
+# Form fields a dropped PNG's recipe restores, in the order restore_from_png returns them.
+RESTORED_FIELDS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "strength",
+                   "shift", "cfg_truncation", "cfg_normalization")
+
+
+def request_language(lang: str | None, request: gr.Request | None) -> str:
+    """The tab's chosen language, else the browser's Accept-Language."""
+    if lang in ("en", "zh"):
+        return lang
+    headers = getattr(request, "headers", None) or {}
+    return language_from_header(headers.get("accept-language"))
+
+
+def base_url(request: gr.Request | None) -> str:
+    headers = getattr(request, "headers", None) or {}
+    scheme = headers.get("x-forwarded-proto", "http")
+    return f"{scheme}://{headers.get('host', '127.0.0.1:7860')}"
+
+
+class UiHandlers:
+    """Event functions bound to one service (the parameter names of `generate` are the public API)."""
+
+    def __init__(self, service: GenerationService):
+        self.service = service
+        self.settings = service.settings
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, prompt: str, negative_prompt: str, guidance: float, steps: int, seed: int, width: int,
+                 height: int, batch_size: int, reference_image: dict | str | None, strength: float, shift: float,
+                 cfg_truncation: float, cfg_normalization: float, loras: list[str] | None, lora_scale: float,
+                 lang: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Submit to the shared queue, then stream position, step progress and finally the images."""
+        lang = request_language(lang, request)
+        try:
+            gen_request = self._build_request(
+                prompt, negative_prompt, guidance, steps, seed, width, height, batch_size, reference_image,
+                strength, shift, cfg_truncation, cfg_normalization, loras or [], lora_scale)
+            owner = getattr(request, "session_hash", None)
+            job = self.service.submit(gen_request, door="gradio", owner=owner)
+        except ServiceError as err:
+            self.service.metrics.error(err.key)
+            raise gr.Error(err.message(lang), print_exception=False) from None
+        try:
+            yield from self._follow(job, lang, progress)
+        finally:
+            if not job.done:  # the browser left or the event was cancelled: free the queue slot
+                self.service.cancel(job)
+
+    def _build_request(self, prompt, negative_prompt, guidance, steps, seed, width, height, batch_size,
+                       reference_image, strength, shift, cfg_truncation, cfg_normalization, loras,
+                       lora_scale) -> GenerationRequest:
+        # preprocess=False: the image arrives as Gradio's FileData dict (already checked to be an upload).
+        path = reference_image.get("path") if isinstance(reference_image, dict) else reference_image
+        reference = open_uploaded_file(path, self.settings) if path else None
+        scale = _number("lora_scale", lora_scale, float)
+        lora_specs = resolve_loras([{"name": str(n), "scale": scale} for n in loras], self.settings.lora_dir)
+        return GenerationRequest(
+            prompt=str(prompt or ""), negative_prompt=str(negative_prompt or ""), width=_number("width", width, int),
+            height=_number("height", height, int), steps=_number("steps", steps, int),
+            guidance=_number("guidance", guidance, float), seed=_number("seed", seed, int),
+            batch_size=_number("batch_size", batch_size, int), reference_image=reference,
+            strength=_number("strength", strength, float), shift=_number("shift", shift, float),
+            cfg_truncation=_number("cfg_truncation", cfg_truncation, float),
+            cfg_normalization=_number("cfg_normalization", cfg_normalization, float), loras=lora_specs)
+
+    def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
+        version = -1
+        while True:
+            version = job.wait_for_change(version, POLL_SECONDS)
+            if job.state == JobState.QUEUED:
+                ahead = self.service.jobs_ahead(job)
+                progress(0.0, desc=translate("status_queued", lang, ahead=ahead))
+                yield translate("status_queued", lang, ahead=ahead), gr.skip(), gr.skip(), gr.skip()
+            elif job.state == JobState.RUNNING:
+                total = job.total_steps or job.request.steps
+                progress((job.step, total), desc=translate("status_running", lang, step=job.step, total=total),
+                         unit="steps")
+                yield (translate("status_running", lang, step=job.step, total=total),
+                       gr.skip(), gr.skip(), gr.skip())
+            elif job.state == JobState.SUCCEEDED:
+                yield self._final_outputs(job, lang)
+                return
+            elif job.state == JobState.CANCELLED:
+                yield job.error.message(lang), gr.skip(), gr.skip(), gr.skip()
+                return
+            else:
+                raise gr.Error(job.error.message(lang) if job.error else "failed", print_exception=False)
+
+    def _final_outputs(self, job: Job, lang: str) -> tuple:
+        result = job.result
+        gallery = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png)), f"seed {img.seed}")
+                   for img in result.images]
+        seconds = (job.finished_at or 0) - (job.started_at or 0)
+        status = translate("status_done", lang, seconds=seconds, seeds=", ".join(map(str, result.seeds)))
+        details = {"seeds": result.seeds, "prompt_tokens": result.prompt_tokens,
+                   "timings": {k: round(v, 3) for k, v in result.timings.items()},
+                   "files": [str(img.path) for img in result.images if img.path],
+                   "job": {"id": job.id, "queue_position": job.position_at_submit,
+                           "submitted_at": job.submitted_at, "started_at": job.started_at,
+                           "finished_at": job.finished_at}}
+        recipe = dict(result.images[0].recipe)
+        recipe["batch_size"] = job.request.batch_size
+        recipe["seed"] = job.request.seed
+        last = {"recipe": recipe, "images": gallery, "seeds": result.seeds}
+        return status, gallery, details, last
+
+    def stop(self, request: gr.Request) -> None:
+        """Stop button: cancel this tab's jobs in our queue; their generate events then end themselves."""
+        owner = getattr(request, "session_hash", None)
+        if owner:
+            self.service.cancel_owned_by(owner)
+
+    # ---- form helpers -----------------------------------------------------------------------
+    def detect_language(self, request: gr.Request) -> tuple[str, str]:
+        lang = request_language(None, request)
+        return lang, lang
+
+    def count_tokens(self, prompt: str, lang: str | None, request: gr.Request) -> str:
+        """Live "Tokens: n / limit" under the prompt (the limit below which prompts are never cut)."""
+        lang = request_language(lang, request)
+        limit = self.settings.max_prompt_tokens
+        try:
+            count = self.service.count_tokens(prompt[: self.settings.max_prompt_chars]) if prompt else 0
+        except ServiceError:  # model not loaded (yet)
+            return ui_text("tokens_unknown", lang)
+        return ui_text("tokens_over" if count > limit else "tokens", lang, count=count, limit=limit)
+
+    @staticmethod
+    def toggle_negative(guidance: float) -> dict:
+        return gr.update(interactive=float(guidance or 0) > 0)
+
+    @staticmethod
+    def reuse_seed(last: dict | None, current: int) -> int:
+        return int(last["seed"]) if last else current
+
+    def size_class_changed(self, size_class: str) -> tuple[dict, Any, Any]:
+        """A new class offers its aspect ratios and applies the first (square) one."""
+        choices = preset_choices(size_class, self.settings.max_size)
+        if not choices:
+            return gr.update(choices=[], value=None), gr.skip(), gr.skip()
+        width, height = (int(v) for v in choices[0][1].split("x"))
+        return gr.update(choices=choices, value=choices[0][1]), width, height
+
+    @staticmethod
+    def preset_changed(preset: str | None, width: int, height: int) -> tuple[int, int]:
+        if not preset:
+            return width, height
+        w, h = preset.split("x")
+        return int(w), int(h)
+
+    def restore_from_png(self, path: str | None, lang: str | None, request: gr.Request) -> list:
+        """A dropped PNG's recipe back into the form (fields it lacks stay as they are)."""
+        lang = request_language(lang, request)
+        skip_all = [gr.skip()] * (len(RESTORED_FIELDS) + 1)
+        if not path:
+            return skip_all + [gr.skip()]
+        try:
+            with Image.open(path) as image:
+                recipe = read_recipe(image)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            recipe = None
+        if not recipe:
+            return skip_all + [translate("png_without_recipe", lang)]
+        values = [recipe[name] if recipe.get(name) is not None else gr.skip() for name in RESTORED_FIELDS]
+        # One image of a batch is reproduced by its own seed with batch size 1.
+        return values + [1, translate("recipe_restored", lang, seed=recipe.get("seed", "-"))]
+
+    # ---- history and export -----------------------------------------------------------------
+    @staticmethod
+    def remember(last: dict | None, history: list) -> tuple[list, list, dict]:
+        """Append the last run to this tab's history; refresh the history gallery and export choices."""
+        history = list(history or [])
+        if last:  # runs only after a successful generate, so `last` is that run's result
+            history.append(last)
+        items = [(path, f"#{i + 1} · {caption}")
+                 for i, entry in enumerate(history) for path, caption in entry["images"]]
+        return history, items, export_choices_update(history)
+
+    def export(self, source: int | None, history: list, lang: str | None, request: gr.Request,
+               *form: Any) -> tuple[str, str, str, str]:
+        """Snippets for the current form (source -1/None) or a history entry."""
+        history = history or []
+        if source is not None and 0 <= int(source) < len(history):
+            params = history[int(source)]["recipe"]
+        else:
+            params = form_params(form)
+        snippets = snippets_for(params, base_url(request))
+        return snippets.python, snippets.curl_gradio, snippets.curl_rest, snippets.openai
+
+    @staticmethod
+    def history_selected(evt: gr.SelectData, history: list) -> dict:
+        """Clicking a history image points the export panel at its entry."""
+        index, count = 0, 0
+        for i, entry in enumerate(history or []):
+            count += len(entry["images"])
+            if evt.index < count:
+                index = i
+                break
+        return gr.update(value=index)
+
+    def banner(self) -> tuple[dict, dict]:
+        """Weights/loading banner; the polling timer stops once the engine has settled."""
+        state = self.service.engine_state
+        if state == EngineState.READY:
+            return gr.update(value="", visible=False), gr.Timer(active=False)
+        if state == EngineState.UNAVAILABLE and self.service.unavailable_error:
+            err = self.service.unavailable_error
+            text = f"⚠️ **{err.message('zh')}**\n\n⚠️ **{err.message('en')}**"
+            return gr.update(value=text, visible=True), gr.Timer(active=False)
+        text = f"{ui_text('loading_banner', 'zh')}\n\n{ui_text('loading_banner', 'en')}"
+        return gr.update(value=text, visible=True), gr.Timer(active=True)
+
+
+def _number(field: str, value: Any, kind: type) -> Any:
+    """A raw API value as int/float, or a clear error naming the field (events skip Gradio's preprocess)."""
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ServiceError("invalid_value", field=field, detail=f"expected a number, got {value!r}") from None
+
+
+def form_params(form: tuple) -> dict[str, Any]:
+    """Form values (in GRADIO_PARAMETERS order) by name."""
+    return dict(zip(GRADIO_PARAMETERS, form))
+
+
+def export_choices_update(history: list) -> dict:
+    choices = [("当前表单 / current form", -1)] + [
+        (f"#{i + 1} · seed {entry['recipe'].get('seed')} · {entry['recipe'].get('prompt', '')[:30]}", i)
+        for i, entry in enumerate(history)]
+    return gr.update(choices=choices)

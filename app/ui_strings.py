@@ -1,0 +1,129 @@
+"""UI labels in English, Simplified and Traditional Chinese: a gr.I18n for the browser locale, and plain
+lookups for the explicit language switch (which must override the browser's choice)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+EN: dict[str, str] = {
+    "title": "Z-Image-Turbo",
+    "heading": "# Z-Image-Turbo",
+    "language": "Language",
+    "prompt": "Prompt",
+    "prompt_placeholder": "Describe the image (Chinese or English; text in quotes is drawn as written)",
+    "negative_prompt": "Negative prompt",
+    "negative_info": "Used only when guidance > 0.",
+    "guidance": "Guidance (CFG)",
+    "guidance_info": "0 = off (Turbo default). Above 0 the negative prompt is used and each step costs twice.",
+    "steps": "Steps",
+    "steps_info": "Number of transformer calls (8 is the Turbo default).",
+    "seed": "Seed",
+    "seed_info": "-1 = random",
+    "seed_random": "🎲 Random",
+    "seed_reuse": "♻️ Reuse last",
+    "size_class": "Size class",
+    "aspect": "Aspect ratio",
+    "custom": "Custom",
+    "width": "Width",
+    "height": "Height",
+    "batch": "Images per run",
+    "reference": "Reference image (drag and drop)",
+    "strength": "Reference strength",
+    "strength_info": "How much the image may change: 1 ignores the reference, small values keep it.",
+    "advanced": "Advanced",
+    "shift": "Schedule shift",
+    "cfg_truncation": "CFG truncation",
+    "cfg_normalization": "CFG normalization (0 = off)",
+    "loras": "LoRA",
+    "lora_scale": "LoRA strength",
+    "generate": "Generate",
+    "stop": "Stop",
+    "recipe_drop": "Drop a PNG made here to restore its settings",
+    "status": "Status",
+    "gallery": "Results",
+    "details": "Details (seeds, timings)",
+    "history": "History (this tab)",
+    "export": "Export API code",
+    "export_source": "Code for",
+    "export_current": "the current form",
+    "export_button": "Show code",
+    "code_python": "Python (gradio_client)",
+    "code_curl_gradio": "curl (two-step Gradio call)",
+    "code_curl_rest": "curl (REST endpoint)",
+    "code_openai": "Python (openai SDK)",
+    "tokens": "Tokens: {count} / {limit}",
+    "tokens_over": "Tokens: {count} / {limit} (too long)",
+    "tokens_unknown": "Tokens: - (model not loaded)",
+    "loading_banner": "⏳ The model is loading and warming up; generation starts when it is ready.",
+}
+
+ZH_CN: dict[str, str] = {
+    "title": "Z-Image-Turbo",
+    "heading": "# Z-Image-Turbo 图像生成",
+    "language": "语言",
+    "prompt": "提示词",
+    "prompt_placeholder": "描述想要的图像（中文或英文；引号中的文字会按原样画出）",
+    "negative_prompt": "反向提示词",
+    "negative_info": "仅在引导系数 > 0 时使用。",
+    "guidance": "引导系数 (CFG)",
+    "guidance_info": "0 = 关闭（Turbo 默认）。大于 0 时使用反向提示词，每一步的计算量翻倍。",
+    "steps": "步数",
+    "steps_info": "Transformer 调用次数（Turbo 默认 8）。",
+    "seed": "种子",
+    "seed_info": "-1 = 随机",
+    "seed_random": "🎲 随机",
+    "seed_reuse": "♻️ 沿用上次",
+    "size_class": "尺寸档位",
+    "aspect": "宽高比",
+    "custom": "自定义",
+    "width": "宽度",
+    "height": "高度",
+    "batch": "每次生成张数",
+    "reference": "参考图（可拖放）",
+    "strength": "参考强度",
+    "strength_info": "允许改变的程度：1 忽略参考图，数值越小越接近参考图。",
+    "advanced": "高级选项",
+    "shift": "调度偏移 (shift)",
+    "cfg_truncation": "CFG 截断",
+    "cfg_normalization": "CFG 归一化（0 = 关闭）",
+    "loras": "LoRA",
+    "lora_scale": "LoRA 强度",
+    "generate": "生成",
+    "stop": "停止",
+    "recipe_drop": "拖入本站生成的 PNG 以恢复其参数",
+    "status": "状态",
+    "gallery": "结果",
+    "details": "详情（种子、耗时）",
+    "history": "历史（当前标签页）",
+    "export": "导出 API 代码",
+    "export_source": "代码对应",
+    "export_current": "当前表单",
+    "export_button": "显示代码",
+    "code_python": "Python（gradio_client）",
+    "code_curl_gradio": "curl（Gradio 两步调用）",
+    "code_curl_rest": "curl（REST 接口）",
+    "code_openai": "Python（openai SDK）",
+    "tokens": "Token 数：{count} / {limit}",
+    "tokens_over": "Token 数：{count} / {limit}（过长）",
+    "tokens_unknown": "Token 数：-（模型未加载）",
+    "loading_banner": "⏳ 模型正在加载和预热，就绪后即可生成。",
+}
+
+# Traditional Chinese: the few characters that differ from the Simplified strings.
+_TRADITIONAL = str.maketrans(
+    "图词态数种随机档宽张参级选项调断归关闭强复详时历标签页导码对应单显两过长载预热绪后语变仅计认画样号会从请该",
+    "圖詞態數種隨機檔寬張參級選項調斷歸關閉強復詳時歷標籤頁導碼對應單顯兩過長載預熱緒後語變僅計認畫樣號會從請該",
+)
+ZH_TW: dict[str, str] = {key: value.translate(_TRADITIONAL) for key, value in ZH_CN.items()}
+
+TABLES = {"en": EN, "zh": ZH_CN}
+
+
+def build_i18n() -> gr.I18n:
+    """Gradio translations: the frontend picks the table that matches the browser locale."""
+    return gr.I18n(en=EN, **{"zh-CN": ZH_CN, "zh-TW": ZH_TW, "zh": ZH_CN})
+
+
+def ui_text(key: str, lang: str, **params: object) -> str:
+    """A UI string in "en" or "zh" (used when the explicit switch overrides the browser locale)."""
+    return TABLES.get(lang, EN)[key].format(**params)

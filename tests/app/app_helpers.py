@@ -1,0 +1,21 @@
+"""Settings and constants shared by the app tests (a plain module: test files import it by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.settings import Settings, load_settings, with_overrides
+
+# Seconds slept after each step by the debug knob: makes queues and the Stop button observable.
+STEP_DELAY = 0.1
+TEST_QUEUE_SIZE = 6
+
+
+def make_settings(tmp: Path, **changes) -> Settings:
+    """configs/app.toml defaults with test folders and small limits (CPU, tiny model)."""
+    base = load_settings({})
+    values = dict(output_dir=tmp / "outputs", lora_dir=tmp / "loras", dtype="float32", device="cpu",
+                  min_size=128, max_size=512, queue_size=TEST_QUEUE_SIZE, max_upload_bytes=2_000_000,
+                  max_upload_pixels=1024 * 1024, shutdown_grace_seconds=2.0)
+    values.update(changes)
+    return with_overrides(base, **values)

@@ -1,0 +1,45 @@
+"""A test double honouring the model.Engine contract: per-step sleeps, callbacks, cancellation, PIL images."""
+
+from __future__ import annotations
+
+import time
+
+from PIL import Image
+
+from model.errors import InvalidRequestError
+from model.request import GenerationRequest, GenerationResult, StepCallback, StepProgress
+
+
+class FakeEngine:
+    """Paints each image a colour derived from its seed; sleeps `step_seconds` per step."""
+
+    def __init__(self, step_seconds: float = 0.0):
+        self.step_seconds = step_seconds
+        self.calls: list[GenerationRequest] = []
+        self.warmed_up = False
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        if request.width % 16 or request.height % 16:
+            raise InvalidRequestError("width and height must be multiples of 16", field="width")
+        if request.prompt == "raise-runtime-error":
+            raise RuntimeError("simulated engine failure")
+        self.calls.append(request)
+        for step in range(1, request.steps + 1):
+            time.sleep(self.step_seconds)
+            if on_step is not None:
+                on_step(StepProgress(step=step, total=request.steps, sigma=1.0 - step / request.steps))
+        seeds = [request.seed + i for i in range(request.batch_size)]
+        images = [Image.new("RGB", (request.width, request.height), (s % 256, (s // 256) % 256, 77)) for s in seeds]
+        return GenerationResult(images=images, seeds=seeds, prompt_tokens=self.count_tokens(request.prompt),
+                                prompt_truncated=False, timings={"text_encoding": 0.001, "denoising": 0.01,
+                                                                 "vae_decode": 0.001, "total": 0.012})
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(prompt.split()) + 8
+
+    def describe(self) -> dict:
+        return {"layout": "fake", "weight_files": ["fake.safetensors"], "dtype": "float32", "device": "cpu",
+                "attention_backend": "sdpa", "memory_mode": "full", "version": "test"}
+
+    def warmup(self) -> None:
+        self.warmed_up = True

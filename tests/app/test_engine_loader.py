@@ -1,0 +1,34 @@
+"""Loading the engine from settings: both weight layouts, missing and broken weights explained."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.engine_loader import engine_factory, weights_present
+from app.errors import ServiceError
+from app_helpers import make_settings
+
+
+def test_both_layouts_are_recognised_and_load(tiny_model_dir: Path, tmp_path: Path):
+    for layout in ("hf", "comfy"):
+        folder = tiny_model_dir / layout
+        assert weights_present(folder)
+        engine = engine_factory(make_settings(tmp_path, weights_dir=folder))()
+        assert engine.describe()["layout"] == layout
+    assert not weights_present(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert not weights_present(tmp_path / "empty")
+
+
+def test_broken_weights_are_explained_with_what_was_found(tiny_model_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir / "comfy", broken)
+    (broken / "ae.safetensors").write_bytes(b"\0" * 64)  # truncated / corrupt VAE file
+    with pytest.raises(ServiceError) as caught:
+        engine_factory(make_settings(tmp_path, weights_dir=broken))()
+    err = caught.value
+    assert err.status == 503 and err.key == "weights_missing"
+    assert "ae.safetensors" in err.message("en") and "scripts/download_weights.py" in err.message("en")

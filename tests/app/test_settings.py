@@ -1,0 +1,55 @@
+"""Settings: TOML defaults, ZIMAGE_CONFIG, ZIMAGE_* overrides with typed parsing, one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, load_settings
+
+
+def test_defaults_come_from_configs_app_toml():
+    settings = load_settings({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 7860)
+    assert (settings.min_size, settings.max_size, settings.queue_size) == (256, 2048, 8)
+    assert settings.warmup is True and settings.debug_step_delay == 0.0
+
+
+def test_environment_overrides_are_parsed_to_the_field_types():
+    settings = load_settings({"ZIMAGE_PORT": "7861", "ZIMAGE_WARMUP": "off", "ZIMAGE_WEIGHTS_DIR": "/data/w",
+                              "ZIMAGE_WATCHDOG_SECONDS": "12.5", "ZIMAGE_DEVICE": "cpu"})
+    assert settings.port == 7861 and settings.warmup is False
+    assert settings.weights_dir == Path("/data/w") and settings.watchdog_seconds == 12.5
+    assert settings.device == "cpu"
+
+
+def test_zimage_config_points_at_another_file(tmp_path: Path):
+    config = tmp_path / "other.toml"
+    config.write_text('[server]\nport = 9000\n[queue]\nqueue_size = 2\n')
+    settings = load_settings({"ZIMAGE_CONFIG": str(config), "ZIMAGE_QUEUE_SIZE": "5"})
+    assert settings.port == 9000 and settings.queue_size == 5  # the environment wins over the file
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"ZIMAGE_PORT": "seventy"}, ["port", "ZIMAGE_PORT"]),
+    ({"ZIMAGE_PORT": "70000"}, ["port", "65535"]),
+    ({"ZIMAGE_DTYPE": "int8"}, ["dtype", "bfloat16"]),
+    ({"ZIMAGE_LOG_LEVEL": "loud"}, ["log_level", "debug"]),
+    ({"ZIMAGE_WARMUP": "maybe"}, ["warmup", "true or false"]),
+    ({"ZIMAGE_MIN_SIZE": "100"}, ["min_size", "multiples of 16"]),
+    ({"ZIMAGE_QUEUE_SIZE": "0"}, ["queue_size", "at least 1"]),
+    ({"ZIMAGE_CONFIG": "/nonexistent/app.toml"}, ["/nonexistent/app.toml", "ZIMAGE_CONFIG"]),
+])
+def test_bad_values_give_one_clear_error(env: dict, words: list[str]):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_unknown_toml_key_is_an_error(tmp_path: Path):
+    config = tmp_path / "typo.toml"
+    config.write_text('[server]\nprot = 9000\n')
+    with pytest.raises(SettingsError, match="unknown setting 'prot'"):
+        load_settings({"ZIMAGE_CONFIG": str(config)})
