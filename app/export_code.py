@@ -7,15 +7,17 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from app.lora_slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
+
 API_NAME = "generate"
 REFERENCE_FILE = "reference.png"
 # Order = the Gradio endpoint's positional inputs (the UI handler's parameters).
 GRADIO_PARAMETERS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "batch_size",
-                     "reference_image", "strength", "shift", "cfg_truncation", "cfg_normalization", "loras",
-                     "lora_scale")
+                     "reference_image", "strength", "shift", "cfg_truncation", "cfg_normalization",
+                     *SLOT_PARAMETERS)
 DEFAULTS: dict[str, Any] = {"negative_prompt": "", "guidance": 0.0, "steps": 8, "seed": -1, "width": 1024,
                             "height": 1024, "batch_size": 1, "strength": 0.6, "shift": 3.0,
-                            "cfg_truncation": 1.0, "cfg_normalization": 0.0, "loras": [], "lora_scale": 1.0}
+                            "cfg_truncation": 1.0, "cfg_normalization": 0.0, **SLOT_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,33 @@ def normalize(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("batch_size") is None and params.get("n") is not None:
         values["batch_size"] = params["n"]
     values["reference_image"] = bool(params.get("reference_image"))
-    loras = params.get("loras") or []
-    # A recipe lists {"name", "scale"} per LoRA; the form has names plus one shared scale.
-    values["loras"] = [item["name"] if isinstance(item, dict) else str(item) for item in loras]
-    if loras and isinstance(loras[0], dict):
-        values["lora_scale"] = loras[0]["scale"]
+    values["loras"] = lora_set(params)
+    values.update(slot_values(values["loras"]))
     for name in ("steps", "seed", "width", "height", "batch_size"):
         values[name] = int(values[name])
-    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization", "lora_scale"):
+    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization"):
         values[name] = float(values[name])
     return values
 
 
+def lora_set(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The LoRA set as [{"name", "scale"}]: a recipe's `loras` list, else the form's filled slots."""
+    recorded = params.get("loras")
+    if isinstance(recorded, list):
+        return [{"name": str(item["name"]), "scale": float(item.get("scale", 1.0))} for item in recorded]
+    return [{"name": name, "scale": float(scale)} for _, name, scale in filled_slots(params)]
+
+
+def slots_note(values: dict[str, Any]) -> list[str]:
+    """A comment for the Gradio snippets when the set has more LoRAs than the form has slots."""
+    if len(values["loras"]) <= MAX_UI_LORAS:
+        return []
+    return [f"# Only the first {MAX_UI_LORAS} of the {len(values['loras'])} LoRAs fit the form's slots; "
+            "the REST snippets carry all of them."]
+
+
 def python_snippet(values: dict[str, Any], base_url: str) -> str:
-    lines = ["from gradio_client import Client, handle_file", "",
+    lines = [*slots_note(values), "from gradio_client import Client, handle_file", "",
              f"client = Client({base_url + '/'!r})", "status, images, details = client.predict("]
     for name in GRADIO_PARAMETERS:
         if name == "reference_image":
@@ -77,7 +92,7 @@ def curl_gradio_snippet(values: dict[str, Any], base_url: str) -> str:
         else:
             data.append(values[name])
     body = json.dumps({"data": data}, ensure_ascii=False)
-    lines = [f"URL={base_url}"]
+    lines = [*slots_note(values), f"URL={base_url}"]
     if values["reference_image"]:
         lines.append(f'FILE_PATH=$(curl -s -F "files=@{REFERENCE_FILE}" "$URL/gradio_api/upload" '
                      "| awk -F'\"' '{print $2}')")
@@ -105,7 +120,7 @@ def openai_extras(values: dict[str, Any]) -> dict[str, Any]:
     if values["reference_image"]:
         extras["strength"] = values["strength"]
     if values["loras"]:
-        extras["loras"] = [{"name": name, "scale": values["lora_scale"]} for name in values["loras"]]
+        extras["loras"] = values["loras"]
     return extras
 
 

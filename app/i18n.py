@@ -99,6 +99,30 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "LoRA {name!r} was not found in {folder}. Available: {available}.",
         "zh": "在 {folder} 中找不到 LoRA {name!r}。可用：{available}。",
     },
+    "lora_duplicate": {
+        "en": "LoRA {name!r} is chosen more than once. Choose it once and set its strength instead.",
+        "zh": "LoRA {name!r} 被选择了不止一次。请只选一次，并用它的强度调节效果。",
+    },
+    "lora_rejected": {
+        "en": "The LoRA could not be applied; the model is unchanged. {detail}",
+        "zh": "无法应用该 LoRA，模型保持不变。原因（英文）：{detail}",
+    },
+    "recipe_lora_missing": {
+        "en": "LoRA {name!r} used for this image is not in the LoRA folder ({folder}), so it was left out. "
+        "Put the file back there to make the same image.",
+        "zh": "生成这张图片时使用的 LoRA {name!r} 不在 LoRA 文件夹（{folder}）中，已略过。"
+        "请把该文件放回该文件夹，才能生成相同的图片。",
+    },
+    "recipe_lora_changed": {
+        "en": "LoRA {name!r} in the folder is not the file this image was made with (sha256 {sha256}…); "
+        "the result may differ.",
+        "zh": "文件夹中的 LoRA {name!r} 与生成这张图片时所用的文件不同（sha256 {sha256}…），结果可能不一样。",
+    },
+    "recipe_too_many_loras": {
+        "en": "This image used {count} LoRAs but the form has {slots} slots; left out: {names}. "
+        "The REST API accepts all of them.",
+        "zh": "这张图片使用了 {count} 个 LoRA，但表单只有 {slots} 个位置；未填入：{names}。REST API 可以全部使用。",
+    },
     "url_format_unsupported": {
         "en": "response_format \"url\" is not offered; use \"b64_json\".",
         "zh": "不支持 response_format \"url\"，请使用 \"b64_json\"。",

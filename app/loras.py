@@ -23,22 +23,35 @@ def list_lora_names(lora_dir: Path) -> list[str]:
     return sorted(p.name[: -len(SUFFIX)] for p in lora_dir.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
 
 
+def lora_path(lora_dir: Path, name: str) -> Path:
+    """Where the LoRA called `name` lives (it may not exist)."""
+    return lora_dir / f"{name}{SUFFIX}"
+
+
+def check_scale(field: str, scale: float) -> float:
+    """A LoRA strength inside SCALE_RANGE, else an error naming `field`."""
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        raise out_of_range(field, scale, *SCALE_RANGE)
+    return scale
+
+
 def resolve_loras(items: Iterable[Mapping[str, object]], lora_dir: Path) -> tuple[LoraSpec, ...]:
-    """[{"name", "scale"}] -> LoraSpecs with absolute paths; unknown names are an error listing the choices."""
-    specs = []
+    """[{"name", "scale"}] -> LoraSpecs with absolute paths; unknown names are an error listing the choices,
+    a name given twice an error naming it (one entry per LoRA; its scale sets the strength)."""
+    specs: list[LoraSpec] = []
     for index, item in enumerate(items):
         if index >= MAX_LORAS:
             raise out_of_range("loras", index + 1, 0, MAX_LORAS)
         name = str(item.get("name", ""))
-        scale = float(item.get("scale", 1.0))  # type: ignore[arg-type]
-        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
-            raise out_of_range(f"loras[{index}].scale", scale, *SCALE_RANGE)
-        path = lora_dir / f"{name}{SUFFIX}"
+        scale = check_scale(f"loras[{index}].scale", float(item.get("scale", 1.0)))  # type: ignore[arg-type]
+        path = lora_path(lora_dir, name)
         # The name pattern keeps requests inside lora_dir (no "../", no absolute paths).
         if not NAME_PATTERN.match(name) or not path.is_file():
             available = ", ".join(list_lora_names(lora_dir)) or "-"
             raise ServiceError("lora_not_found", field=f"loras[{index}].name", name=name,
                                folder=str(lora_dir), available=available)
+        if any(spec.name == name for spec in specs):
+            raise ServiceError("lora_duplicate", field=f"loras[{index}].name", name=name)
         specs.append(LoraSpec(path=str(path.resolve()), scale=scale, name=name))
     return tuple(specs)
 

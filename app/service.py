@@ -23,6 +23,7 @@ from app.settings import Settings
 from app.validation import MAX_SEED, check_prompt_tokens, check_request
 from model.errors import GenerationCancelled, InvalidRequestError
 from model.errors import OutOfMemoryError as EngineOutOfMemory
+from model.lora import LoraError
 from model.request import GenerationRequest, StepProgress
 
 logger = logging.getLogger(__name__)
@@ -235,8 +236,9 @@ class GenerationService:
         except GenerationCancelled:
             # Cancelled by shutdown: the waiting client gets a retryable 503, not a bare "stopped".
             job.mark_cancelled(ServiceError("shutting_down", status=503) if self._stopping else None)
-        except InvalidRequestError as err:
-            job.fail(ServiceError("engine_rejected", status=400, field=err.field, detail=str(err)))
+        except InvalidRequestError as err:  # LoraError too: refused before any weight changed
+            key = "lora_rejected" if isinstance(err, LoraError) else "engine_rejected"
+            job.fail(ServiceError(key, status=400, field=err.field, detail=str(err)))
         except EngineOutOfMemory as err:  # refused before running: the estimate says it cannot fit
             job.fail(ServiceError("does_not_fit", status=500, detail=str(err)))
         except Exception as err:

@@ -9,15 +9,17 @@ there unseen by REST and our positions would be wrong. `queue(api_open=False)` c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from app.export_code import GRADIO_PARAMETERS
-from app.loras import list_lora_names
+from app.lora_slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
+from app.loras import SCALE_RANGE, list_lora_names
 from app.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import RESTORED_FIELDS, UiHandlers
+from app.ui_handlers import RESTORED_OUTPUTS, UiHandlers
 from app.ui_strings import ui_text
 
 
@@ -55,7 +57,7 @@ def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
         _wire_generation(handlers, ui)
         _wire_form(handlers, ui)
         _wire_export(handlers, ui)
-        _wire_page(handlers, ui, labels, demo, service.settings.lora_dir)
+        _wire_page(handlers, ui, labels, demo)
     return demo
 
 
@@ -72,6 +74,7 @@ def _build_layout(L: Labels, settings: Any) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=5):
             ui.update(_build_form(L, settings))
+            ui.update(_build_lora_slots(L, settings.lora_dir))
             with gr.Row():
                 ui["generate"] = L(gr.Button(t("generate"), variant="primary", elem_id="gen-btn"), value="generate")
                 ui["stop"] = L(gr.Button(t("stop"), variant="stop", elem_id="stop-btn"), value="stop")
@@ -116,15 +119,15 @@ def _wire_export(handlers: UiHandlers, ui: dict[str, Any]) -> None:
                                  api_visibility="private")
 
 
-def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: gr.Blocks, lora_dir: Any) -> None:
-    """Language (browser first, then the switch), the weights banner, and the LoRA list on page load."""
+def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: gr.Blocks) -> None:
+    """Language (browser first, then the switch), the weights banner, and the LoRA lists on page load."""
     private = {"api_visibility": "private", "queue": False}
     ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
         labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private)
     ui["banner_timer"].tick(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
     demo.load(handlers.detect_language, outputs=[ui["lang"], ui["lang_radio"]], **private)
     demo.load(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
-    demo.load(lambda: gr.update(choices=list_lora_names(lora_dir)), outputs=[ui["loras"]], **private)
+    demo.load(handlers.lora_choices, outputs=[ui[name_field(slot)] for slot in SLOTS], **private)
 
 
 def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
@@ -172,12 +175,24 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
                                           elem_id="cfg-truncation"), label="cfg_truncation")
         f["cfg_normalization"] = L(gr.Slider(0.0, 10.0, value=0.0, step=0.05, label=t("cfg_normalization"),
                                              elem_id="cfg-normalization"), label="cfg_normalization")
-        # LoRA picker seam: names from ZIMAGE_LORA_DIR (refreshed on page load), one shared strength.
-        f["loras"] = L(gr.Dropdown(list_lora_names(settings.lora_dir), value=[], multiselect=True,
-                                   label=t("loras"), elem_id="loras"), label="loras")
-        f["lora_scale"] = L(gr.Slider(-4.0, 4.0, value=1.0, step=0.05, label=t("lora_scale"), elem_id="lora-scale"),
-                            label="lora_scale")
     return f
+
+
+def _build_lora_slots(L: Labels, lora_dir: Path) -> dict[str, Any]:
+    """MAX_UI_LORAS slots, each a LoRA name from ZIMAGE_LORA_DIR (or none) and its own strength."""
+    t = L.t
+    slots: dict[str, Any] = {}
+    choices = slot_choices(list_lora_names(lora_dir))
+    with L(gr.Accordion(t("loras"), open=False, elem_id="loras"), label="loras"):
+        L(gr.Markdown(t("loras_info"), elem_id="loras-info"), value="loras_info")
+        for slot in SLOTS:
+            name, scale = name_field(slot), scale_field(slot)
+            with gr.Row(equal_height=True):
+                slots[name] = L(gr.Dropdown(choices, value=NO_LORA, label=t(name), elem_id=f"lora-{slot}",
+                                            scale=3), label=name)
+                slots[scale] = L(gr.Slider(*SCALE_RANGE, value=DEFAULT_SCALE, step=0.05, label=t(scale),
+                                           elem_id=f"lora-{slot}-scale", scale=2), label=scale)
+    return slots
 
 
 def _build_export(L: Labels) -> dict[str, Any]:
@@ -212,6 +227,6 @@ def _wire_form(handlers: UiHandlers, f: dict[str, Any]) -> None:
                           outputs=[f["preset"], f["width"], f["height"]], **private)
     f["preset"].input(handlers.preset_changed, inputs=[f["preset"], f["width"], f["height"]],
                       outputs=[f["width"], f["height"]], **private)
-    restore_outputs = [f[name] for name in RESTORED_FIELDS] + [f["batch_size"], f["status"]]
+    restore_outputs = [f[name] for name in RESTORED_OUTPUTS] + [f["batch_size"], f["status"]]
     f["recipe_drop"].upload(handlers.restore_from_png, inputs=[f["recipe_drop"], f["lang"]], outputs=restore_outputs,
                             **private)

@@ -12,7 +12,9 @@ from app.errors import ServiceError
 from app.export_code import GRADIO_PARAMETERS, snippets_for
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
-from app.loras import resolve_loras
+from app.lora_slots import (SLOT_PARAMETERS, SLOTS, filled_slots, name_field, scale_field, slot_choices,
+                            slot_values, usable_recipe_loras)
+from app.loras import check_scale, list_lora_names, resolve_loras
 from app.metadata import read_recipe
 from app.presets import preset_choices
 from app.service import EngineState, GenerationService
@@ -24,6 +26,9 @@ POLL_SECONDS = 0.5
 # Form fields a dropped PNG's recipe restores, in the order restore_from_png returns them.
 RESTORED_FIELDS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "strength",
                    "shift", "cfg_truncation", "cfg_normalization")
+# Everything restore_from_png sets before the batch size and the status: the fields, then the LoRA slots.
+RESTORED_OUTPUTS = RESTORED_FIELDS + SLOT_PARAMETERS
+NAME_FIELDS = tuple(name_field(slot) for slot in SLOTS)
 
 
 def request_language(lang: str | None, request: gr.Request | None) -> str:
@@ -50,14 +55,19 @@ class UiHandlers:
     # ---- generation -------------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str, guidance: float, steps: int, seed: int, width: int,
                  height: int, batch_size: int, reference_image: dict | str | None, strength: float, shift: float,
-                 cfg_truncation: float, cfg_normalization: float, loras: list[str] | None, lora_scale: float,
+                 cfg_truncation: float, cfg_normalization: float, lora_1: str | None, lora_1_scale: float,
+                 lora_2: str | None, lora_2_scale: float, lora_3: str | None, lora_3_scale: float,
                  lang: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        """Submit to the shared queue, then stream position, step progress and finally the images."""
+        """Submit to the shared queue, then stream position, step progress and finally the images.
+
+        The parameters before `lang` are the public API, in GRADIO_PARAMETERS order (lora_N / lora_N_scale:
+        LoRA slot N, "" or None = empty)."""
         lang = request_language(lang, request)
+        form = form_params((prompt, negative_prompt, guidance, steps, seed, width, height, batch_size,
+                            reference_image, strength, shift, cfg_truncation, cfg_normalization,
+                            lora_1, lora_1_scale, lora_2, lora_2_scale, lora_3, lora_3_scale))
         try:
-            gen_request = self._build_request(
-                prompt, negative_prompt, guidance, steps, seed, width, height, batch_size, reference_image,
-                strength, shift, cfg_truncation, cfg_normalization, loras or [], lora_scale)
+            gen_request = self._build_request(form)
             owner = getattr(request, "session_hash", None)
             job = self.service.submit(gen_request, door="gradio", owner=owner)
         except ServiceError as err:
@@ -69,22 +79,17 @@ class UiHandlers:
             if not job.done:  # the browser left or the event was cancelled: free the queue slot
                 self.service.cancel(job)
 
-    def _build_request(self, prompt, negative_prompt, guidance, steps, seed, width, height, batch_size,
-                       reference_image, strength, shift, cfg_truncation, cfg_normalization, loras,
-                       lora_scale) -> GenerationRequest:
+    def _build_request(self, form: dict[str, Any]) -> GenerationRequest:
         # preprocess=False: the image arrives as Gradio's FileData dict (already checked to be an upload).
-        path = reference_image.get("path") if isinstance(reference_image, dict) else reference_image
+        image = form["reference_image"]
+        path = image.get("path") if isinstance(image, dict) else image
         reference = open_uploaded_file(path, self.settings) if path else None
-        scale = _number("lora_scale", lora_scale, float)
-        lora_specs = resolve_loras([{"name": str(n), "scale": scale} for n in loras], self.settings.lora_dir)
+        numbers = {name: _number(name, form[name], int) for name in ("width", "height", "steps", "seed", "batch_size")}
+        numbers |= {name: _number(name, form[name], float)
+                    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization")}
         return GenerationRequest(
-            prompt=str(prompt or ""), negative_prompt=str(negative_prompt or ""), width=_number("width", width, int),
-            height=_number("height", height, int), steps=_number("steps", steps, int),
-            guidance=_number("guidance", guidance, float), seed=_number("seed", seed, int),
-            batch_size=_number("batch_size", batch_size, int), reference_image=reference,
-            strength=_number("strength", strength, float), shift=_number("shift", shift, float),
-            cfg_truncation=_number("cfg_truncation", cfg_truncation, float),
-            cfg_normalization=_number("cfg_normalization", cfg_normalization, float), loras=lora_specs)
+            prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
+            reference_image=reference, loras=resolve_loras(lora_items(form), self.settings.lora_dir), **numbers)
 
     def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
         version = -1
@@ -172,9 +177,9 @@ class UiHandlers:
         return int(w), int(h)
 
     def restore_from_png(self, path: str | None, lang: str | None, request: gr.Request) -> list:
-        """A dropped PNG's recipe back into the form (fields it lacks stay as they are)."""
+        """A dropped PNG's recipe back into the form (fields it lacks stay as they are), LoRA slots included."""
         lang = request_language(lang, request)
-        skip_all = [gr.skip()] * (len(RESTORED_FIELDS) + 1)
+        skip_all = [gr.skip()] * (len(RESTORED_OUTPUTS) + 1)
         if not path:
             return skip_all + [gr.skip()]
         try:
@@ -185,8 +190,29 @@ class UiHandlers:
         if not recipe:
             return skip_all + [translate("png_without_recipe", lang)]
         values = [recipe[name] if recipe.get(name) is not None else gr.skip() for name in RESTORED_FIELDS]
+        slots, notes = self._restored_slots(recipe.get("loras"), lang)
+        status = "\n\n".join([translate("recipe_restored", lang, seed=recipe.get("seed", "-"))]
+                              + [f"⚠️ {note}" for note in notes])
         # One image of a batch is reproduced by its own seed with batch size 1.
-        return values + [1, translate("recipe_restored", lang, seed=recipe.get("seed", "-"))]
+        return values + slots + [1, status]
+
+    def _restored_slots(self, recorded: Any, lang: str) -> tuple[list, list[str]]:
+        """Slot values for a recipe's LoRA list (skips when the recipe has none), and warnings to show."""
+        if not isinstance(recorded, list):  # not our recipe (A1111 text): leave the slots alone
+            return [gr.skip()] * len(SLOT_PARAMETERS), []
+        items = [item for item in recorded if isinstance(item, dict)]
+        kept, notes = usable_recipe_loras(items, self.settings.lora_dir)
+        values = slot_values(kept)
+        choices = slot_choices(list_lora_names(self.settings.lora_dir))
+        # New choices with the value: the folder may have gained the file since the page loaded.
+        updates = [gr.update(choices=choices, value=values[field]) if field in NAME_FIELDS else values[field]
+                   for field in SLOT_PARAMETERS]
+        return updates, [translate(key, lang, **params) for key, params in notes]
+
+    def lora_choices(self) -> tuple[dict, ...]:
+        """Every slot's dropdown offers the LoRA folder as it is now (page load)."""
+        choices = slot_choices(list_lora_names(self.settings.lora_dir))
+        return tuple(gr.update(choices=choices) for _ in NAME_FIELDS)
 
     # ---- history and export -----------------------------------------------------------------
     @staticmethod
@@ -240,6 +266,15 @@ def _number(field: str, value: Any, kind: type) -> Any:
         return kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError, OverflowError):
         raise ServiceError("invalid_value", field=field, detail=f"expected a number, got {value!r}") from None
+
+
+def lora_items(form: dict[str, Any]) -> list[dict[str, Any]]:
+    """The filled LoRA slots as [{"name", "scale"}], each strength checked under its slot's parameter name."""
+    items = []
+    for slot, name, scale in filled_slots(form):
+        field = scale_field(slot)
+        items.append({"name": name, "scale": check_scale(field, _number(field, scale, float))})
+    return items
 
 
 def form_params(form: tuple) -> dict[str, Any]:

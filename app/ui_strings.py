@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.lora_slots import MAX_UI_LORAS, SLOTS, name_field, scale_field
+
 EN: dict[str, str] = {
     "title": "Z-Image-Turbo",
     "heading": "# Z-Image-Turbo",
@@ -35,7 +37,10 @@ EN: dict[str, str] = {
     "cfg_truncation": "CFG truncation",
     "cfg_normalization": "CFG normalization (0 = off)",
     "loras": "LoRA",
-    "lora_scale": "LoRA strength",
+    "loras_info": "Up to {slots} LoRA files from the server's LoRA folder, each with its own strength "
+    "(1 = as trained, 0 = off, negative = the opposite). Empty slots are ignored.".format(slots=MAX_UI_LORAS),
+    **{name_field(slot): f"LoRA {slot}" for slot in SLOTS},
+    **{scale_field(slot): f"LoRA {slot} strength" for slot in SLOTS},
     "generate": "Generate",
     "stop": "Stop",
     "recipe_drop": "Drop a PNG made here to restore its settings",
@@ -87,7 +92,10 @@ ZH_CN: dict[str, str] = {
     "cfg_truncation": "CFG 截断",
     "cfg_normalization": "CFG 归一化（0 = 关闭）",
     "loras": "LoRA",
-    "lora_scale": "LoRA 强度",
+    "loras_info": "最多 {slots} 个来自服务器 LoRA 文件夹的 LoRA，各有自己的强度"
+    "（1 = 训练时的效果，0 = 关闭，负值 = 反向）。空位置会被忽略。".format(slots=MAX_UI_LORAS),
+    **{name_field(slot): f"LoRA {slot}" for slot in SLOTS},
+    **{scale_field(slot): f"LoRA {slot} 强度" for slot in SLOTS},
     "generate": "生成",
     "stop": "停止",
     "recipe_drop": "拖入本站生成的 PNG 以恢复其参数",
@@ -111,8 +119,10 @@ ZH_CN: dict[str, str] = {
 
 # Traditional Chinese: the few characters that differ from the Simplified strings.
 _TRADITIONAL = str.maketrans(
-    "图词态数种随机档宽张参级选项调断归关闭强复详时历标签页导码对应单显两过长载预热绪后语变仅计认画样号会从请该",
-    "圖詞態數種隨機檔寬張參級選項調斷歸關閉強復詳時歷標籤頁導碼對應單顯兩過長載預熱緒後語變僅計認畫樣號會從請該",
+    "图词态数种随机档宽张参级选项调断归关闭强复详时历标签页导码对应单显两过长载预热绪后语变仅计认画样号会从请该"
+    "个来务夹训练负",
+    "圖詞態數種隨機檔寬張參級選項調斷歸關閉強復詳時歷標籤頁導碼對應單顯兩過長載預熱緒後語變僅計認畫樣號會從請該"
+    "個來務夾訓練負",
 )
 ZH_TW: dict[str, str] = {key: value.translate(_TRADITIONAL) for key, value in ZH_CN.items()}
 

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app.engine_loader import engine_factory  # noqa: E402
 from app_helpers import STEP_DELAY, make_settings  # noqa: E402
 from live_server import LiveServer, start_server  # noqa: E402
+from tests.model.lora_writers import comfy_format, linear_shapes, peft_format, random_lora, write  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,22 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="session")
+def direct_engine(tiny_server: LiveServer):
+    """A second engine, built from the server's settings exactly as the server built its own: the reference
+    the served images are compared with."""
+    return engine_factory(tiny_server.service.settings)()
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_server: LiveServer, direct_engine) -> dict[str, Path]:
+    """Two LoRAs for the tiny model in the server's LoRA folder: `ink` (PEFT names, every Linear) and
+    `glow` (ComfyUI names with fused qkv, attention layers only)."""
+    folder = tiny_server.service.settings.lora_dir
+    shapes = linear_shapes(direct_engine.transformer)
+    tensors, metadata = peft_format(random_lora(shapes, 4, seed=31), alpha=4.0)
+    glow = comfy_format(random_lora(shapes, 4, seed=32, targets="attention"), alpha=8.0)
+    return {"ink": write(folder / "ink.safetensors", tensors, metadata),
+            "glow": write(folder / "glow.safetensors", glow)}

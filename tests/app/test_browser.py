@@ -12,6 +12,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from app.engine_loader import engine_factory
+from app.lora_slots import NO_LORA_LABEL
 from app.metadata import read_recipe
 from app_helpers import make_settings
 from live_server import LiveServer, start_server
@@ -48,7 +49,14 @@ def code_text(page: Page, elem_id: str) -> str:
     return "\n".join(content.locator(".cm-line").all_text_contents())
 
 
-def test_chinese_prompt_english_switch_reference_stop_and_export(browser, tiny_server: LiveServer, tmp_path: Path):
+def choose_lora(page: Page, slot: int, name: str, strength: float) -> None:
+    page.locator(f"#lora-{slot} input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    set_number(page, f"lora-{slot}-scale", strength)
+
+
+def test_chinese_prompt_english_switch_reference_stop_and_export(browser, tiny_server: LiveServer, tiny_loras,
+                                                                 tmp_path: Path):
     context = browser.new_context(locale="zh-CN")
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -99,18 +107,24 @@ def test_chinese_prompt_english_switch_reference_stop_and_export(browser, tiny_s
         lambda: tiny_server.metric('zimage_jobs_total{outcome="cancelled"}') == cancelled_before + 1, 60)
     assert tiny_server.metric("zimage_jobs_running") == 0
 
-    # 5. Export the API call for the current form and run the Python snippet against the live server.
+    # 5. A LoRA in slot 2 with its own strength; export the API call for the current form and run the
+    #    Python snippet against the live server.
     set_number(page, "steps", 2)
     set_number(page, "seed", 77)
+    page.locator("#loras").get_by_text("LoRA", exact=True).first.click()
+    choose_lora(page, 2, "ink", 0.5)
     page.locator("#export").get_by_text("Export API code").click()
     page.locator("#export-btn").click()
     snippet = code_text(page, "code-python")
     assert "seed=77," in snippet and "handle_file('reference.png')" in snippet
+    assert "lora_1='ink'," in snippet and "lora_1_scale=0.5," in snippet
     run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     image_path = run.stdout.strip().splitlines()[-1].split(" ")[0]
     with Image.open(image_path) as image:
-        assert image.format == "PNG" and read_recipe(image)["seed"] == 77
+        recipe = read_recipe(image)
+        assert image.format == "PNG" and recipe["seed"] == 77
+    assert [(lora["name"], lora["scale"]) for lora in recipe["loras"]] == [("ink", 0.5)]
 
     # 6. Dropping a PNG restores its recipe into the form.
     page.get_by_label("Prompt", exact=True).fill("something else")
@@ -119,6 +133,7 @@ def test_chinese_prompt_english_switch_reference_stop_and_export(browser, tiny_s
     expect(page.get_by_label("Prompt", exact=True)).to_have_value(prompt)
     expect(page.locator("#seed input")).to_have_value(seed)
     expect(page.locator("#steps input[type=number]")).to_have_value("2")
+    expect(page.locator("#lora-2 input")).to_have_value(NO_LORA_LABEL)  # that image was made without LoRAs
     context.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from live_server import LiveServer
 
 FORM = dict(prompt="a lighthouse at dusk", negative_prompt="", guidance=0.0, steps=2, seed=11, width=128, height=128,
             batch_size=1, reference_image=None, strength=0.6, shift=3.0, cfg_truncation=1.0, cfg_normalization=0.0,
-            loras=[], lora_scale=1.0)
+            lora_1="", lora_1_scale=1.0, lora_2="", lora_2_scale=1.0, lora_3="", lora_3_scale=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +133,20 @@ def test_six_concurrent_rest_and_gradio_jobs_share_one_queue(tiny_server: LiveSe
         assert job["queue_position"] == ahead
 
 
+def completed_gradio_recipe(event_stream: str) -> dict:
+    """The recipe of the first image in a finished two-step Gradio call's output (a file of this machine)."""
+    data = event_stream.split("event: complete", 1)[1].split("data:", 1)[1].strip().splitlines()[0]
+    with Image.open(json.loads(data)[1][0]["image"]["path"]) as image:
+        return read_recipe(image)
+
+
 @pytest.mark.parametrize("reference", [False, True], ids=["text-only", "with-reference"])
-def test_exported_shell_and_openai_snippets_run_against_the_server(tiny_server: LiveServer, tmp_path, reference):
+def test_exported_shell_and_openai_snippets_run_against_the_server(tiny_server: LiveServer, tiny_loras, tmp_path,
+                                                                  reference):
     Image.new("RGB", (96, 96), (240, 200, 10)).save(tmp_path / "reference.png")
-    recipe = {**FORM, "prompt": "it's a \"sign\" saying 你好 $HOME", "seed": 31, "reference_image": reference}
+    recipe = {**FORM, "prompt": "it's a \"sign\" saying 你好 $HOME", "seed": 31, "reference_image": reference,
+              "lora_1": "ink", "lora_1_scale": 0.8, "lora_3": "glow", "lora_3_scale": -0.5}
+    lora_set = [("ink", 0.8), ("glow", -0.5)]
     snippets = snippets_for(recipe, tiny_server.url)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
@@ -143,6 +154,7 @@ def test_exported_shell_and_openai_snippets_run_against_the_server(tiny_server: 
                                 timeout=120, env=env)
     assert gradio_run.returncode == 0, gradio_run.stderr
     assert "event: complete" in gradio_run.stdout and "seed 31" in gradio_run.stdout
+    assert [(l["name"], l["scale"]) for l in completed_gradio_recipe(gradio_run.stdout)["loras"]] == lora_set
 
     for name, command in (("curl_rest", ["bash", "-c", snippets.curl_rest]),
                           ("openai", [sys.executable, "-c", snippets.openai])):
@@ -153,3 +165,4 @@ def test_exported_shell_and_openai_snippets_run_against_the_server(tiny_server: 
             recipe_back = read_recipe(image)
         assert recipe_back["seed"] == 31 and recipe_back["prompt"] == recipe["prompt"], name
         assert bool(recipe_back["reference_image"]) == reference, name
+        assert [(l["name"], l["scale"]) for l in recipe_back["loras"]] == lora_set, name

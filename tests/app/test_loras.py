@@ -34,3 +34,12 @@ def test_bad_lora_requests_name_the_problem(tmp_path: Path, item: dict, key: str
     assert caught.value.key == key
     if key == "lora_not_found":
         assert "Available: ink" in caught.value.message("en")
+
+
+def test_the_same_lora_twice_is_refused_by_name(tmp_path: Path):
+    (tmp_path / "ink.safetensors").write_bytes(b"x")
+    with pytest.raises(ServiceError) as caught:
+        resolve_loras([{"name": "ink", "scale": 0.5}, {"name": "ink", "scale": 1.0}], tmp_path)
+    assert caught.value.key == "lora_duplicate" and caught.value.field == "loras[1].name"
+    assert "LoRA 'ink' is chosen more than once" in caught.value.message("en")
+    assert "被选择了不止一次" in caught.value.message("zh")

@@ -75,3 +75,24 @@ def test_curl_rest_snippet_passes_the_prompt_through_the_shell_unchanged(tmp_pat
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=True).stdout
     assert json.loads(out)["prompt"] == "it's $HOME and `x` \\ done"
+
+
+def test_snippets_of_a_recipe_carry_its_loras_with_their_scales():
+    loras = [{"name": f"style-{i}", "scale": scale, "file": f"style-{i}.safetensors", "sha256": "ab" * 32}
+             for i, scale in enumerate((0.5, -1.0, 1.25, 2.0))]
+    snippets = snippets_for({**make_recipe(), "loras": loras}, "http://127.0.0.1:7860/")
+    compile(snippets.python, "python_snippet", "exec")
+    compile(snippets.openai, "openai_snippet", "exec")
+    for shell in (snippets.curl_gradio, snippets.curl_rest):
+        subprocess.run(["bash", "-n"], input=shell, text=True, check=True)
+    # The Gradio endpoint has three slots: the first three LoRAs, and a note about the fourth.
+    assert "lora_1='style-0',\n    lora_1_scale=0.5,\n    lora_2='style-1',\n    lora_2_scale=-1.0," in snippets.python
+    assert "lora_3='style-2',\n    lora_3_scale=1.25," in snippets.python
+    assert '"style-0", 0.5, "style-1", -1.0, "style-2", 1.25]' in snippets.curl_gradio
+    for gradio_snippet in (snippets.python, snippets.curl_gradio):
+        assert gradio_snippet.startswith("# Only the first 3 of the 4 LoRAs fit the form's slots")
+    # REST and the openai SDK take the whole set, names and scales only (the recipe's hashes are not fields).
+    rest_loras = ", ".join(f'{{"name": "style-{i}", "scale": {s}}}' for i, s in enumerate((0.5, -1.0, 1.25, 2.0)))
+    assert f'"loras": [{rest_loras}]' in snippets.curl_rest and "sha256" not in snippets.curl_rest
+    assert "'loras': [{'name': 'style-0', 'scale': 0.5}, {'name': 'style-1', 'scale': -1.0}" in snippets.openai
+    assert "{'name': 'style-3', 'scale': 2.0}]" in snippets.openai and "sha256" not in snippets.openai

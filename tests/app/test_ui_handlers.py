@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
+from app.errors import ServiceError
+from app.export_code import GRADIO_PARAMETERS
+from app.lora_slots import NO_LORA
 from app.metadata import encode_png
 from app.presets import SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import RESTORED_FIELDS, UiHandlers
+from app.ui_handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
 from app_helpers import make_settings
 from fake_engine import FakeEngine
 
@@ -49,7 +54,7 @@ def test_dropped_png_restores_its_recipe(handlers: UiHandlers, tmp_path: Path):
     path = tmp_path / "made-here.png"
     path.write_bytes(encode_png(Image.new("RGB", (8, 8)), recipe))
     values = handlers.restore_from_png(str(path), None, browser_request())
-    restored = dict(zip(RESTORED_FIELDS, values))
+    restored = dict(zip(RESTORED_OUTPUTS, values))
     assert restored["prompt"] == "灯塔 lighthouse" and restored["seed"] == 99 and restored["steps"] == 6
     assert (restored["width"], restored["height"], restored["shift"]) == (1152, 896, 2.5)
     assert values[-2] == 1 and "99" in values[-1] and "已从图片" in values[-1]
@@ -61,14 +66,18 @@ def test_dropped_png_restores_its_recipe(handlers: UiHandlers, tmp_path: Path):
 
 
 def test_history_entries_export_their_own_recipe(handlers: UiHandlers):
+    loras = [{"name": "ink", "scale": 0.7, "file": "ink.safetensors", "sha256": "ab" * 32}]
     entry = {"recipe": {"prompt": "old one", "seed": 4242, "steps": 8, "width": 1024, "height": 1024,
-                        "batch_size": 2}, "images": [("a.png", "seed 4242"), ("b.png", "seed 4243")], "seeds": [4242]}
+                        "batch_size": 2, "loras": loras},
+             "images": [("a.png", "seed 4242"), ("b.png", "seed 4243")], "seeds": [4242]}
     history, items, choices = handlers.remember(entry, [])
     assert history == [entry] and items[1] == ("b.png", "#1 · seed 4243") and len(choices["choices"]) == 2
-    form = ("current prompt", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, [], 1.0)
+    form = ("current prompt", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0)
     python, curl_gradio, curl_rest, openai_code = handlers.export(0, history, None, browser_request(), *form)
     assert "seed=4242," in python and "old one" in python and "batch_size=2," in python
     assert "http://127.0.0.1:7860/" in python and '"seed": 4242' in curl_rest
+    assert "lora_1='ink',\n    lora_1_scale=0.7,\n    lora_2=''," in python
+    assert '"loras": [{"name": "ink", "scale": 0.7}]' in curl_rest and '"ink", 0.7, "", 1.0' in curl_gradio
     python, *_ = handlers.export(-1, history, None, browser_request(), *form)
     assert "seed=7," in python and "current prompt" in python
 
@@ -79,3 +88,74 @@ def test_language_follows_the_browser_and_tokens_wait_for_the_model(handlers: Ui
     assert "模型未加载" in handlers.count_tokens("一只猫", None, browser_request())
     assert handlers.toggle_negative(0.0)["interactive"] is False
     assert handlers.toggle_negative(1.5)["interactive"] is True
+
+
+# A form with slot 1 = ink at 0.8, slot 2 empty, slot 3 = photo at -0.5.
+MINIMAL_RECIPE = {"prompt": "p", "seed": 3, "steps": 8, "shift": 3.0, "guidance": 0.0, "width": 512, "height": 512,
+                  "software": {"app": "0.1.0"}}
+LORA_FORM = ("a cat", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "ink", 0.8, "", 1.0, "photo", -0.5)
+
+
+@pytest.fixture
+def lora_dir(handlers: UiHandlers) -> Path:
+    folder = handlers.settings.lora_dir
+    folder.mkdir(parents=True)
+    for name in ("ink", "photo"):
+        (folder / f"{name}.safetensors").write_bytes(f"{name} weights".encode())
+    return folder
+
+
+def test_generate_parameters_are_the_exported_api():
+    names = list(inspect.signature(UiHandlers.generate).parameters)
+    assert names == ["self", *GRADIO_PARAMETERS, "lang", "request", "progress"]
+    assert GRADIO_PARAMETERS[-6:] == ("lora_1", "lora_1_scale", "lora_2", "lora_2_scale", "lora_3", "lora_3_scale")
+
+
+def test_lora_slots_become_the_request_lora_set():
+    form = form_params(LORA_FORM)
+    assert lora_items(form) == [{"name": "ink", "scale": 0.8}, {"name": "photo", "scale": -0.5}]
+    assert lora_items({**form, "lora_1": None, "lora_3": NO_LORA}) == []  # empty slots are ignored
+    assert lora_items({**form, "lora_3_scale": "0.25"})[1]["scale"] == 0.25  # raw API values are converted
+    for bad, key in (("strong", "invalid_value"), (4.5, "out_of_range")):
+        with pytest.raises(ServiceError) as caught:
+            lora_items({**form, "lora_3_scale": bad})
+        assert caught.value.key == key and caught.value.field == "lora_3_scale"
+
+
+def test_export_carries_each_lora_with_its_own_scale(handlers: UiHandlers, lora_dir: Path):
+    python, curl_gradio, curl_rest, openai_code = handlers.export(-1, [], None, browser_request(), *LORA_FORM)
+    assert "lora_1='ink',\n    lora_1_scale=0.8,\n    lora_2='photo',\n    lora_2_scale=-0.5," in python
+    assert '"ink", 0.8, "photo", -0.5, "", 1.0]' in curl_gradio
+    assert '"loras": [{"name": "ink", "scale": 0.8}, {"name": "photo", "scale": -0.5}]' in curl_rest
+    assert "'loras': [{'name': 'ink', 'scale': 0.8}, {'name': 'photo', 'scale': -0.5}]" in openai_code
+    assert "extra_body=extra_body" in openai_code
+
+
+def test_dropped_png_restores_lora_slots_and_warns_about_missing_files(handlers: UiHandlers, lora_dir: Path,
+                                                                       tmp_path: Path):
+    ink_sha = hashlib.sha256(b"ink weights").hexdigest()
+    loras = [{"name": "ink", "scale": 0.7, "file": "ink.safetensors", "sha256": ink_sha},
+             {"name": "gone", "scale": 0.5, "file": "gone.safetensors", "sha256": "0" * 64},
+             {"name": "photo", "scale": -1.25, "file": "photo.safetensors", "sha256": "f" * 64}]
+    path = tmp_path / "with-loras.png"
+    path.write_bytes(encode_png(Image.new("RGB", (8, 8)), {**MINIMAL_RECIPE, "loras": loras}))
+    values = handlers.restore_from_png(str(path), "en", browser_request())
+    restored = dict(zip(RESTORED_OUTPUTS, values))
+    assert [restored[f"lora_{slot}"]["value"] for slot in (1, 2, 3)] == ["ink", "photo", NO_LORA]
+    assert (restored["lora_1_scale"], restored["lora_2_scale"], restored["lora_3_scale"]) == (0.7, -1.25, 1.0)
+    assert restored["lora_1"]["choices"][1:] == [("ink", "ink"), ("photo", "photo")]
+    status = values[-1]
+    assert "LoRA 'gone' used for this image is not in the LoRA folder" in status
+    assert "LoRA 'photo' in the folder is not the file this image was made with" in status
+    assert "'ink'" not in status  # same file as recorded: nothing to say
+
+    for extra in ("film", "sketch"):
+        (lora_dir / f"{extra}.safetensors").write_bytes(f"{extra} weights".encode())
+    four = [{"name": name, "scale": 0.5, "sha256": hashlib.sha256(f"{name} weights".encode()).hexdigest()}
+            for name in ("ink", "photo", "film", "sketch")]
+    four[2]["scale"] = "strong"  # a hand-edited recipe: the slider gets its default instead of a crash
+    path.write_bytes(encode_png(Image.new("RGB", (8, 8)), {**MINIMAL_RECIPE, "loras": four}))
+    values = handlers.restore_from_png(str(path), "zh", browser_request())
+    restored, status = dict(zip(RESTORED_OUTPUTS, values)), values[-1]
+    assert [restored[f"lora_{slot}_scale"] for slot in (1, 2, 3)] == [0.5, 0.5, 1.0]
+    assert "使用了 4 个 LoRA，但表单只有 3 个位置；未填入：'sketch'" in status
