@@ -23,6 +23,7 @@ from PIL import Image
 import model
 from model import sampler
 from model.attention import get_attention_backend, set_attention_backend
+from model.compile import compile_repeated_blocks
 from model.errors import InvalidRequestError
 from model.images import reference_tensor, to_pil_images
 from model.loading.layout import WeightsLayout, detect_layout
@@ -35,6 +36,7 @@ from model.request import GenerationRequest, GenerationResult, StepCallback
 from model.text_encoder import PromptEncoder, PromptFeatures
 from model.transformer import ZImageTransformer
 from model.vae import DEFAULT_TILE, FluxVAE
+from model.vram import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class Engine:
         memory_mode: str = "full",
         attention_backend: str = "auto",
         max_cached_prompts: int = 32,
+        compile_blocks: bool = False,
     ) -> "Engine":
         """Load weights from an HF snapshot folder or a ComfyUI three-file folder (see model.loading.layout)."""
         layout = detect_layout(path)
@@ -89,6 +92,8 @@ class Engine:
         vae = load_vae(layout.vae, dtype=VAE_DTYPE)
         memory = MemoryManager(memory_mode, device,
                                {"text_encoder": text_model, "transformer": transformer, "vae": vae})
+        if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
+            compile_repeated_blocks(transformer)
         logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,
                     time.perf_counter() - started)
         return cls(layout, PromptEncoder(tokenizer, text_model, max_cached_prompts), transformer, vae, memory, dtype)
@@ -106,16 +111,19 @@ class Engine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         self._validate(request)
+        admission = self._admit(request)  # before any work: refuse or adapt instead of running out of memory
         self.loras.activate(request.loras)  # before any transformer work; logs a report per LoRA
         with torch.inference_mode():
             with _timed(timings, "text_encoding"):
                 positive, negative = self._encode_prompts(request)
             sigmas = self._sigmas(request)
             latents = self._initial_latents(request, sigmas[0], timings)
+            chunk = admission.batch_chunk or request.batch_size  # smaller chunks only when memory says so
             with _timed(timings, "denoising"):
-                latents = self._denoise(request, latents, sigmas, positive, negative, on_step)
+                parts = [self._denoise(request, part, sigmas, positive, negative, on_step)
+                         for part in latents.split(chunk)]
             with _timed(timings, "vae_decode"):
-                images = self._decode(latents)
+                images = [image for part in parts for image in self._decode(part, admission.tiled_vae)]
         timings["total"] = time.perf_counter() - started
         return GenerationResult(
             images=images,
@@ -203,15 +211,24 @@ class Engine:
                  positive: PromptFeatures, negative: PromptFeatures | None,
                  on_step: StepCallback | None) -> torch.Tensor:
         with self.memory.use("transformer") as transformer:
-            velocity = _TransformerVelocity(transformer, positive, negative, request.batch_size)
+            velocity = _TransformerVelocity(transformer, positive, negative, latents.shape[0])
             return sampler.denoise(
                 velocity, latents, sigmas, guidance=request.guidance, cfg_truncation=request.cfg_truncation,
                 cfg_normalization=request.cfg_normalization, on_step=on_step,
             )
 
-    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+    def _admit(self, request: GenerationRequest) -> Admission:
+        """Estimated peak device memory of `request` against what is free: OutOfMemoryError when it
+        cannot run; otherwise whether to decode in tiles and in what batch chunks (model.vram)."""
+        prompts = [request.prompt] + ([request.negative_prompt] if request.guidance > 0 else [])
+        tokens = min(max(self.count_tokens(p) for p in prompts), request.max_sequence_length)
+        admission = self.memory.admit(request, tokens)
+        admission.raise_if_refused()
+        return admission
+
+    def _decode(self, latents: torch.Tensor, tiled: bool = False) -> list[Image.Image]:
         with self.memory.use("vae") as vae:
-            if max(latents.shape[-2:]) > self.vae_tile_threshold:
+            if tiled or max(latents.shape[-2:]) > self.vae_tile_threshold:
                 decoded = vae.decode_tiled(latents, tile=DEFAULT_TILE)
             else:
                 decoded = vae.decode(latents)
@@ -294,4 +311,6 @@ class _TransformerVelocity:
 def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     started = time.perf_counter()
     yield
+    if torch.cuda.is_initialized():  # GPU work is asynchronous: a stage ends when its kernels do
+        torch.cuda.synchronize()
     timings[name] = time.perf_counter() - started

@@ -117,8 +117,10 @@ def denoise(
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         t = model_time(sigma)
         scale = guidance_at(guidance, float(t), cfg_truncation)
-        prediction = _velocity_step(velocity, latents, t.to(latents.device), scale, cfg_normalization)
-        latents = latents + (sigma_next - sigma).to(latents.device) * (-prediction)
+        # non_blocking: these scalars come from the CPU; a blocking copy would wait for the GPU every step.
+        prediction = _velocity_step(velocity, latents, t.to(latents.device, non_blocking=True), scale,
+                                    cfg_normalization)
+        latents = latents + (sigma_next - sigma).to(latents.device, non_blocking=True) * (-prediction)
         if on_step is not None:
             on_step(StepProgress(step=i + 1, total=total, sigma=float(sigma_next)))
     return latents

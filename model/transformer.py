@@ -166,7 +166,8 @@ def _batch(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]
     if len(set(lengths)) == 1:
         return batch, None
     positions = torch.arange(batch.shape[1], device=batch.device)
-    mask = positions[None, :] < torch.tensor(lengths, device=batch.device)[:, None]  # (B, S)
+    # Built on the CPU and copied without blocking: no host-device sync inside the step loop.
+    mask = positions[None, :] < torch.tensor(lengths).to(batch.device, non_blocking=True)[:, None]  # (B, S)
     return batch, mask
 
 

@@ -1,0 +1,114 @@
+"""fp8 weight storage with bf16 (or the original dtype) compute for the transformer's block projections.
+
+Each selected `nn.Linear` becomes a `Float8Linear`: the weight is stored as float8_e4m3fn with one fp32
+scale per output row (scale = row amax / 448, so every row uses the whole e4m3 range), and the matmul
+runs in the original dtype on the exactly-representable upcast weight, with the row scale applied to the
+output. That halves the weight memory of a bf16 model while keeping bf16 tensor-core compute.
+
+Why our own module rather than torchao's Float8WeightOnlyConfig: torchao 0.18 installs and runs on CPU,
+but its weights are tensor subclasses, which the block streaming in model.memory (plain-tensor `.data`
+swaps), the LoRA code (which patches weights) and the strict state-dict tools do not handle, and the GPU
+image ships another torch than ours; for weight-only fp8 it does the same dequantize-then-matmul as here.
+
+Error: e4m3 keeps 3 mantissa bits, so a rounded weight is within 2**-4 (6.25 %) of its value (relative,
+for values above the subnormal range); over a dot product the errors average out to roughly 2 % of the
+output's magnitude. tests/model/test_fp8.py bounds the transformer output against the unquantized model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
+# Repeated blocks of the Z-Image transformer whose projections are quantized. Embedders, adaLN and the
+# final layer are small and precision sensitive (diffusers also keeps t/cap embedders unquantized).
+TRANSFORMER_BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
+BLOCK_PROJECTIONS = (".attention.", ".feed_forward.")
+
+
+def is_block_projection(name: str) -> bool:
+    """True for attention and feed-forward Linear layers inside the transformer's repeated blocks."""
+    return name.startswith(TRANSFORMER_BLOCK_LISTS) and any(part in name for part in BLOCK_PROJECTIONS)
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 weight, fp32 per-row scale) such that fp8.float() * scale[:, None] approximates `weight`."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    quantized = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return quantized, scale
+
+
+class Float8Linear(nn.Module):
+    """Linear layer with an fp8 weight and per-output-row fp32 scale, computing in `compute_dtype`."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 compute_dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.compute_dtype = compute_dtype
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_scale = nn.Parameter(scale, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, device: torch.device | str | None = None) -> "Float8Linear":
+        """Quantize `linear` (optionally on `device`, so a GPU does the work and keeps the result)."""
+        weight = linear.weight.detach()
+        bias = linear.bias
+        if device is not None:
+            weight = weight.to(device)
+            bias = None if bias is None else bias.to(device)
+        quantized, scale = quantize_rows(weight)
+        return cls(quantized, scale, bias, compute_dtype=linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # e4m3 values are exact in bf16/fp32, so the upcast loses nothing; the row scale is applied to the
+        # (smaller than the weight for our shapes' per-token work) output instead of a second weight copy.
+        weight = self.weight.to(self.compute_dtype)
+        out = F.linear(x.to(self.compute_dtype), weight) * self.weight_scale.to(self.compute_dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(self.compute_dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, fp8 e4m3 + row scale, compute={self.compute_dtype}"
+
+
+def quantize_linears_fp8(module: nn.Module, select: Callable[[str], bool] = is_block_projection,
+                         device: torch.device | str | None = None) -> int:
+    """Replace every selected `nn.Linear` of `module` (by qualified name) with a Float8Linear; returns the count.
+
+    Layers are converted one at a time, so with `device` set the peak extra memory is one layer's weight.
+    """
+    targets = [(name, child) for name, child in module.named_modules()
+               if isinstance(child, nn.Linear) and select(name)]
+    for name, linear in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, Float8Linear.from_linear(linear, device))
+    logger.info("stored %d linear layers in fp8 (e4m3, per-row scale)", len(targets))
+    return len(targets)
+
+
+def fp8_weight_bytes(module: nn.Module, select: Callable[[str], bool] = is_block_projection) -> int:
+    """Bytes `module`'s weights would take after quantize_linears_fp8 (without converting anything)."""
+    total = 0
+    for name, child in module.named_modules():
+        direct = list(child.parameters(recurse=False)) + list(child.buffers(recurse=False))
+        if isinstance(child, nn.Linear) and select(name):
+            rows, cols = child.weight.shape
+            total += rows * cols + rows * 4  # 1-byte weights + fp32 scales
+            total += 0 if child.bias is None else child.bias.numel() * child.bias.element_size()
+        else:
+            total += sum(t.numel() * t.element_size() for t in direct)
+    return total

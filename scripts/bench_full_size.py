@@ -1,0 +1,190 @@
+"""`scripts/bench.py --full-size`: the real architecture with random bf16 weights on a GPU, per memory mode.
+
+Weights are materialized directly on the GPU (meta-built modules, then normal_), so nothing is downloaded
+and setup takes seconds. For each mode: per-stage latency (device-synchronized), end-to-end latency, peak
+VRAM (torch.cuda.max_memory_allocated after a warm-up), our estimate of it, the plan, and how many
+host-device synchronizations grow with the step count. A failing mode reports its error and the others
+still run. balanced and low get the budget a 16 GB and a 12 GB card leave free, so their plans are the ones
+those cards would get.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+
+import torch
+
+from bench import PROMPT_TOKENS, STAGES, STEPS, _prompt_of, _tiny_model_script
+from model.config import TransformerConfig
+from model.request import GenerationRequest
+from model.vae import VAEConfig
+
+logger = logging.getLogger("bench.full_size")
+
+GPU_SIZE = 1024
+FULL_SIZE_BUDGETS_GIB = {"full": None, "balanced": 15.5, "low": 11.5}  # what a 16 GB / 12 GB card leaves free
+
+
+def _materialize(module: torch.nn.Module, device: torch.device, std: float = 0.02) -> torch.nn.Module:
+    """Meta-built module -> random weights on `device` (norm weights near 1 so activations stay sane)."""
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim == 1 and "norm" in name:
+                param.normal_(1.0, 0.05)
+            else:
+                param.normal_(0.0, std)
+    return module
+
+
+def _full_size_components(device: torch.device, transformer=None):
+    from transformers import Qwen3Config, Qwen3Model
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    from model.transformer import ZImageTransformer
+    from model.vae import FluxVAE
+
+    config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=35,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                         max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    with torch.device("meta"):
+        text = Qwen3Model(config).to(torch.bfloat16)  # as loaded: 35 of 36 layers, no final norm
+        text.norm = torch.nn.Identity()
+        if transformer is None:
+            transformer = ZImageTransformer(TransformerConfig()).to(torch.bfloat16)
+        vae = FluxVAE(VAEConfig())
+    text = _materialize(text, device).eval()
+    text.rotary_emb = Qwen3RotaryEmbedding(config).to(device)  # non-persistent buffer: rebuilt, not random
+    if next(transformer.parameters()).device.type == "meta":
+        transformer = _materialize(transformer, device, std=0.01).eval()
+    return {"text_encoder": text, "transformer": transformer, "vae": _materialize(vae, device).eval()}
+
+
+class _GpuStageClock:
+    """Device-synchronized stage times: prompt encoding (wrapped call) and VAE decoding (decoder hooks,
+    first start to last end, so tiles count); denoising is the synchronized wall time minus both."""
+
+    def __init__(self, prompt_encoder, vae: torch.nn.Module):
+        self.spent = {"text_encoding": 0.0, "vae_decode": 0.0}
+        self._decode_started: float | None = None
+        encode = prompt_encoder.encode
+
+        def timed_encode(*args, **kwargs):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            result = encode(*args, **kwargs)
+            torch.cuda.synchronize()
+            self.spent["text_encoding"] += time.perf_counter() - started
+            return result
+
+        prompt_encoder.encode = timed_encode
+        vae.decoder.register_forward_pre_hook(self._decoder_starts)
+        vae.decoder.register_forward_hook(self._decoder_ends)
+
+    def _decoder_starts(self, *_args) -> None:
+        if self._decode_started is None:
+            torch.cuda.synchronize()
+            self._decode_started = time.perf_counter()
+
+    def _decoder_ends(self, *_args) -> None:
+        torch.cuda.synchronize()
+        self.spent["vae_decode"] = time.perf_counter() - self._decode_started
+
+    def reset(self) -> None:
+        self.spent = {"text_encoding": 0.0, "vae_decode": 0.0}
+        self._decode_started = None
+
+
+def _count_syncs(engine, request: GenerationRequest) -> int:
+    """Host-device synchronizations during one generation (CUDA sync debug mode, as warnings)."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine.generate(request)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _syncs_per_step(engine, request: GenerationRequest) -> float:
+    """Synchronizations that grow with the step count (the step loop should have none)."""
+    few, many = (_count_syncs(engine, GenerationRequest(**{**request.__dict__, "steps": n})) for n in (4, 8))
+    return (many - few) / 4
+
+
+def _run_mode(mode: str, components, tokenizer, device, runs: int) -> dict:
+    from model.engine import Engine
+    from model.memory import MemoryManager
+    from model.text_encoder import PromptEncoder
+    from model.vram import RequestShape, estimate_peak
+
+    budget = FULL_SIZE_BUDGETS_GIB[mode]
+    memory = MemoryManager(mode, device, components, budget_bytes=None if budget is None else int(budget * 2**30))
+    prompt_encoder = PromptEncoder(tokenizer, components["text_encoder"], max_cached=0)
+    engine = Engine(None, prompt_encoder, components["transformer"], components["vae"], memory, torch.bfloat16)
+    clock = _GpuStageClock(prompt_encoder, components["vae"])
+    request = GenerationRequest(prompt=_prompt_of(tokenizer, PROMPT_TOKENS), width=GPU_SIZE, height=GPU_SIZE,
+                                steps=STEPS)
+    engine.generate(request)  # warm-up: kernels, allocator, cuDNN autotuning
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    timings = []
+    for seed in range(runs):
+        clock.reset()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = engine.generate(GenerationRequest(**{**request.__dict__, "seed": seed}))
+        torch.cuda.synchronize()
+        total = time.perf_counter() - started
+        timings.append({**clock.spent, "denoising": total - sum(clock.spent.values()), "total": total,
+                        "engine_reported": result.timings})
+    tokens = engine.count_tokens(request.prompt)
+    estimate = estimate_peak(memory.plan, memory.footprints, RequestShape.from_request(request, tokens), memory.dims)
+    return {"plan": memory.plan.describe(), "runs": runs, "syncs_per_step": _syncs_per_step(engine, request),
+            "median_s": {k: statistics.median(t[k] for t in timings) for k in STAGES},
+            "engine_reported_s": timings[-1]["engine_reported"],
+            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "estimated_peak_gib": estimate.total_bytes / 2**30,
+            "estimated_stages_gib": {k: v / 2**30 for k, v in estimate.stages.items()}}
+
+
+def full_size(modes: list[str], runs: int) -> int:
+    if not torch.cuda.is_available():
+        print("--full-size needs a CUDA GPU (none is visible to torch); use --compare-diffusers on a CPU machine",
+              file=sys.stderr)
+        return 2
+    unknown = [m for m in modes if m not in FULL_SIZE_BUDGETS_GIB]
+    if unknown:
+        print(f"unknown mode(s) {unknown}; choose from {', '.join(FULL_SIZE_BUDGETS_GIB)}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    tokenizer = _tiny_model_script().build_tokenizer()
+    report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "size": GPU_SIZE,
+              "steps": STEPS, "dtype": "bfloat16", "modes": {}}
+    transformer = None
+    # "low" quantizes the transformer in place, so it runs last; the others reuse one transformer.
+    for mode in sorted(modes, key=lambda m: m == "low"):
+        started = time.perf_counter()
+        components = None
+        try:
+            components = _full_size_components(device, transformer)
+            transformer = components["transformer"]
+            setup = time.perf_counter() - started
+            report["modes"][mode] = {"setup_s": setup, **_run_mode(mode, components, tokenizer, device, runs)}
+        except Exception as exc:  # one broken mode must not hide the others' figures
+            logger.exception("mode %s failed", mode)
+            report["modes"][mode] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{mode}: {json.dumps(report['modes'][mode])}", file=sys.stderr, flush=True)
+        del components
+        gc.collect()
+        torch.cuda.empty_cache()
+    print(json.dumps(report, indent=2))
+    return 1 if any("error" in result for result in report["modes"].values()) else 0
