@@ -270,7 +270,7 @@ class FluxVAE(nn.Module):
         """Images in [-1,1] -> (mean, std) of the diagonal Gaussian posterior, VAE latent space.
 
         With `tile`, the full-resolution part runs in bands of at most (tile*8)^2 pixels (same result)."""
-        images = images.to(self._dtype)
+        images = images.to(self.dtype)
         if tile is None:
             moments = self.encoder(images)
         else:
@@ -287,15 +287,15 @@ class FluxVAE(nn.Module):
 
     def decode(self, z_norm: torch.Tensor) -> torch.Tensor:
         """Normalised latents -> images in about [-1,1] (fp32), decoded in one piece."""
-        return self.decoder(self.denormalize(z_norm.float()).to(self._dtype)).float()
+        return self.decoder(self.denormalize(z_norm.float()).to(self.dtype)).float()
 
     def decode_tiled(self, z_norm: torch.Tensor, tile: int = DEFAULT_TILE) -> torch.Tensor:
         """`decode`, run in bands of at most (tile*8)^2 output pixels (model.vae_tiling): device memory
         stays bounded and the result equals the untiled decode up to float rounding."""
-        z = self.denormalize(z_norm.float()).to(self._dtype)
+        z = self.denormalize(z_norm.float()).to(self.dtype)
         band_pixels = (tile * self.downscale) ** 2
         return decode_in_bands(self.decoder, z, self.config.norm_num_groups, band_pixels).float().to(z_norm.device)
 
     @property
-    def _dtype(self) -> torch.dtype:
+    def dtype(self) -> torch.dtype:
         return self.decoder.conv_in.weight.dtype

@@ -180,3 +180,19 @@ def test_comfyui_models_tree_is_recognised(tmp_path):
     layout = detect_layout(tmp_path)
     assert layout.kind == "comfy"
     assert layout.files()["transformer"] == "diffusion_models/z_image_turbo_bf16.safetensors"
+
+
+def test_vae_runs_in_the_engine_dtype_unless_told_otherwise(tiny_model_dir, engine):
+    """bf16 engines decode in bf16 (as diffusers' pipeline does), which halves the VAE's activations;
+    `vae_dtype` keeps an fp32 VAE for those who want it. The bf16 decode stays close to fp32's."""
+    request = GenerationRequest(prompt="a cat", seed=4, steps=2, **SIZE)
+    bf16 = Engine.from_pretrained(tiny_model_dir / "hf", device="cpu", dtype=torch.bfloat16)
+    bf16_fp32_vae = Engine.from_pretrained(tiny_model_dir / "hf", device="cpu", dtype=torch.bfloat16,
+                                           vae_dtype=torch.float32)
+    assert bf16.vae.dtype == torch.bfloat16 and bf16.describe()["vae_dtype"] == "bfloat16"
+    assert bf16_fp32_vae.vae.dtype == torch.float32 and bf16_fp32_vae.describe()["vae_dtype"] == "float32"
+    assert engine.vae.dtype == torch.float32
+    half, full = _pixels(bf16.generate(request))[0], _pixels(bf16_fp32_vae.generate(request))[0]
+    diff = np.abs(half - full)
+    print(f"\n[vae dtype] bf16 vs fp32 decode of the same latents: mean {diff.mean():.2f}, max {diff.max()} levels")
+    assert diff.mean() < 2.0

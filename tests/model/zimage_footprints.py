@@ -2,7 +2,7 @@
 
 Building the real architectures on the meta device costs no memory and gives exact byte counts: the
 transformer in bf16 (6.15 B parameters), the Qwen3-4B text encoder in bf16 as the engine loads it (last
-decoder layer dropped), the Flux VAE in fp32 (the engine decodes in fp32).
+decoder layer dropped), the Flux VAE in bf16 (a bf16 engine decodes in its own dtype).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def real_components() -> dict[str, torch.nn.Module]:
         return {
             "text_encoder": Qwen3Model(Qwen3Config(**QWEN3_4B_AS_LOADED)).to(torch.bfloat16),
             "transformer": ZImageTransformer(TransformerConfig()).to(torch.bfloat16),
-            "vae": FluxVAE(VAEConfig()),
+            "vae": FluxVAE(VAEConfig()).to(torch.bfloat16),
         }
 
 
