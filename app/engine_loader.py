@@ -49,6 +49,7 @@ def engine_factory(settings: Settings) -> EngineFactory:
             return Engine.from_pretrained(
                 settings.weights_dir, device=device, dtype=getattr(torch, settings.dtype),
                 memory_mode=settings.memory_mode, attention_backend=settings.attention,
+                compile_blocks=settings.compile_blocks,
             )
         except CheckpointError as err:
             raise missing_weights_error(settings.weights_dir, detail=str(err)) from None

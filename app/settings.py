@@ -14,7 +14,9 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "app.toml"
 ENV_PREFIX = "ZIMAGE_"
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("bfloat16", "float16", "float32")
+# float16 is not offered: the DiT's activations overflow it (black / NaN images); bf16 has the range.
+DTYPES = ("bfloat16", "float32")
+MEMORY_MODES = ("auto", "full", "balanced", "low")  # model.memory.MEMORY_MODES, kept here so settings load without torch
 ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -36,8 +38,9 @@ class Settings:
     weights_dir: Path = Path("weights")
     device: str = "auto"
     dtype: str = "bfloat16"
-    memory_mode: str = "full"
+    memory_mode: str = "auto"
     attention: str = "auto"
+    compile_blocks: bool = False
     warmup: bool = True
     lora_dir: Path = Path("loras")
     queue_size: int = 8
@@ -58,6 +61,7 @@ class Settings:
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("memory_mode", self.memory_mode, MEMORY_MODES)
         _check_choice("attention", self.attention, ATTENTION_BACKENDS)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
         for name in ("port", "queue_size", "min_size", "max_size", "max_batch", "max_steps",

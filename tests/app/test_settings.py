@@ -14,6 +14,7 @@ def test_defaults_come_from_configs_app_toml():
     assert (settings.host, settings.port) == ("127.0.0.1", 7860)
     assert (settings.min_size, settings.max_size, settings.queue_size) == (256, 2048, 8)
     assert settings.warmup is True and settings.debug_step_delay == 0.0
+    assert settings.memory_mode == "auto" and settings.compile_blocks is False
 
 
 def test_environment_overrides_are_parsed_to_the_field_types():
@@ -35,6 +36,9 @@ def test_zimage_config_points_at_another_file(tmp_path: Path):
     ({"ZIMAGE_PORT": "seventy"}, ["port", "ZIMAGE_PORT"]),
     ({"ZIMAGE_PORT": "70000"}, ["port", "65535"]),
     ({"ZIMAGE_DTYPE": "int8"}, ["dtype", "bfloat16"]),
+    ({"ZIMAGE_DTYPE": "float16"}, ["dtype", "bfloat16", "float32"]),
+    ({"ZIMAGE_MEMORY_MODE": "tiny"}, ["memory_mode", "balanced", "low"]),
+    ({"ZIMAGE_COMPILE_BLOCKS": "sometimes"}, ["compile_blocks", "true or false"]),
     ({"ZIMAGE_LOG_LEVEL": "loud"}, ["log_level", "debug"]),
     ({"ZIMAGE_WARMUP": "maybe"}, ["warmup", "true or false"]),
     ({"ZIMAGE_MIN_SIZE": "100"}, ["min_size", "multiples of 16"]),
