@@ -56,11 +56,10 @@ def _collect(modules: list[nn.Module], skip: set[int], pin: bool) -> _Part:
         for sub in module.modules():
             if id(sub) in skip:
                 continue
-            for name, tensor in [*((n, p) for n, p in sub._parameters.items()),
-                                 *((n, b) for n, b in sub._buffers.items())]:
+            for is_param, name, tensor in [*((True, n, p) for n, p in sub._parameters.items()),
+                                           *((False, n, b) for n, b in sub._buffers.items())]:
                 if tensor is None:
                     continue
-                is_param = name in sub._parameters
                 home = tensor.data.pin_memory() if pin and tensor.device.type == "cpu" else tensor.data
                 if is_param:
                     home = nn.Parameter(home, requires_grad=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 
 from model.block_streaming import repeated_blocks
@@ -29,8 +28,3 @@ def compile_repeated_blocks(transformer: nn.Module, backend: str = "inductor") -
     logger.info("compiling %d transformer blocks with torch.compile (%s); the first image of each new "
                 "shape class takes longer", len(blocks), backend)
     return len(blocks)
-
-
-def compile_supported(device: torch.device) -> bool:
-    """Compiling pays off on CUDA; on the CPU it costs minutes of compile time for little gain."""
-    return torch.device(device).type == "cuda"

@@ -36,7 +36,7 @@ from model.lora import LoraManager
 from model.memory import MemoryManager
 from model.request import GenerationRequest, GenerationResult, StepCallback
 from model.text_encoder import PromptEncoder, PromptFeatures
-from model.transformer import ZImageTransformer
+from model.transformer import SEQ_MULTIPLE, ZImageTransformer
 from model.vae import DEFAULT_TILE, FluxVAE
 from model.vram import Admission
 
@@ -205,7 +205,7 @@ class Engine:
         the only random stream, so a seed means the same thing as in text-to-image)."""
         pixels = reference_tensor(image, width, height)
         with self.memory.use("vae") as vae:
-            if max(height, width) // vae.downscale > self.vae_tile_threshold:
+            if self._needs_tiles(height // vae.downscale, width // vae.downscale):
                 return vae.encode(pixels, tile=DEFAULT_TILE)  # bands: bounded device memory
             return vae.encode(pixels.to(self.device))
 
@@ -230,11 +230,14 @@ class Engine:
 
     def _decode(self, latents: torch.Tensor, tiled: bool = False) -> list[Image.Image]:
         with self.memory.use("vae") as vae:
-            if tiled or max(latents.shape[-2:]) > self.vae_tile_threshold:
+            if tiled or self._needs_tiles(*latents.shape[-2:]):
                 decoded = vae.decode_tiled(latents, tile=DEFAULT_TILE)
             else:
                 decoded = vae.decode(latents)
         return to_pil_images(decoded)
+
+    def _needs_tiles(self, latent_height: int, latent_width: int) -> bool:
+        return max(latent_height, latent_width) > self.vae_tile_threshold
 
 
 def _check(ok: bool, field: str, message: str) -> None:
@@ -282,7 +285,7 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
     _validate_size(request, multiple, axes_lens)
     _validate_sampling(request)
     # Caption positions start at 1 and the image follows at Lc + 1, which must stay inside axes_lens[0].
-    max_tokens = ((axes_lens[0] - 2) // 32) * 32
+    max_tokens = ((axes_lens[0] - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
     _check(isinstance(request.max_sequence_length, int) and 1 <= request.max_sequence_length <= max_tokens,
            "max_sequence_length",
            f"max_sequence_length must be from 1 to {max_tokens}, got {request.max_sequence_length!r}")

@@ -6,7 +6,7 @@ runs in the original dtype on the exactly-representable upcast weight, with the 
 output. That halves the weight memory of a bf16 model while keeping bf16 tensor-core compute.
 
 Why our own module rather than torchao's Float8WeightOnlyConfig: torchao 0.18 installs and runs on CPU,
-but its weights are tensor subclasses, which the block streaming in model.memory (plain-tensor `.data`
+but its weights are tensor subclasses, which the block streaming in model.block_streaming (plain Parameter
 swaps), the LoRA code (which patches weights) and the strict state-dict tools do not handle, and the GPU
 image ships another torch than ours; for weight-only fp8 it does the same dequantize-then-matmul as here.
 
@@ -104,11 +104,11 @@ def fp8_weight_bytes(module: nn.Module, select: Callable[[str], bool] = is_block
     """Bytes `module`'s weights would take after quantize_linears_fp8 (without converting anything)."""
     total = 0
     for name, child in module.named_modules():
-        direct = list(child.parameters(recurse=False)) + list(child.buffers(recurse=False))
         if isinstance(child, nn.Linear) and select(name):
             rows, cols = child.weight.shape
             total += rows * cols + rows * 4  # 1-byte weights + fp32 scales
             total += 0 if child.bias is None else child.bias.numel() * child.bias.element_size()
         else:
+            direct = [*child.parameters(recurse=False), *child.buffers(recurse=False)]
             total += sum(t.numel() * t.element_size() for t in direct)
     return total

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 from torch import nn
 
 from model.errors import OutOfMemoryError
+from model.transformer import SEQ_MULTIPLE  # image and caption token counts are padded to this
 from model.vae import DEFAULT_TILE  # tiled decoding keeps at most (DEFAULT_TILE * 8)^2 pixels on the device
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 GIB = 2**30
 WORKSPACE_BYTES = 512 * 2**20  # cuBLAS/cuDNN workspaces, allocator fragmentation, small tensors
-SEQ_MULTIPLE = 32  # image and caption token counts are padded to this (model-spec 1.1)
 VAE_LIVE_FULL_RES_TENSORS = 4  # live full-resolution feature maps at the decoder's peak (resnet + shortcut)
 
 
@@ -104,17 +104,13 @@ REFERENCE_REQUEST = RequestShape(width=1024, height=1024, tiled_vae=True)
 
 @dataclass(frozen=True)
 class VramEstimate:
-    """Estimated peak bytes per stage; `total_bytes` is the largest, at `peak_stage`."""
+    """Estimated peak bytes per stage; `total_bytes` is the largest."""
 
     stages: Mapping[str, int]
 
     @property
     def total_bytes(self) -> int:
         return max(self.stages.values())
-
-    @property
-    def peak_stage(self) -> str:
-        return max(self.stages, key=self.stages.__getitem__)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -55,23 +55,11 @@ CPU_STAGES = (*STAGES, "total_cpu")  # total_cpu: process CPU seconds, less sens
 
 
 def _tiny_model_script():
-    """scripts/make_tiny_model.py as a module: its bilingual BPE tokenizer is reused here."""
+    """scripts/make_tiny_model.py as a module: its bilingual BPE tokenizer and layout writer are reused here."""
     spec = importlib.util.spec_from_file_location("make_tiny_model", REPO_ROOT / "scripts" / "make_tiny_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _save(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def write_mid_model(root: Path) -> str:
@@ -81,32 +69,19 @@ def write_mid_model(root: Path) -> str:
     from model.transformer import ZImageTransformer
     from model.vae import FluxVAE
 
-    tokenizer = _tiny_model_script().build_tokenizer()
+    tiny = _tiny_model_script()  # its tokenizer and Hugging Face layout writer are reused
+    tokenizer = tiny.build_tokenizer()
     torch.manual_seed(0)
     te_config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **MID_QWEN)
     te_config.architectures = ["Qwen3Model"]
-    version = "0.42.1"
-    _write_json(root / "model_index.json", {
-        "_class_name": "ZImagePipeline", "_diffusers_version": version,
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": ["transformers", "Qwen3Model"],
-        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]})
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": version,
-        "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False})
-    te_config.save_pretrained(root / "text_encoder")
-    _save(Qwen3Model(te_config).state_dict(), root / "text_encoder" / "model.safetensors")
-    tokenizer.save_pretrained(root / "tokenizer")
-    _write_json(root / "transformer" / "config.json", {
-        "_class_name": "ZImageTransformer2DModel", "_diffusers_version": version, **MID_TRANSFORMER.to_dict()})
+    te_sd = Qwen3Model(te_config).state_dict()
     transformer = ZImageTransformer(MID_TRANSFORMER)
     with torch.no_grad():
         for name, param in transformer.named_parameters():
             if name.endswith("pad_token") or (param.ndim == 1 and "norm" in name):
                 param.normal_(1.0 if "norm" in name else 0.0, 0.1)
-    _save(transformer.state_dict(), root / "transformer" / "diffusion_pytorch_model.safetensors")
-    _write_json(root / "vae" / "config.json", {"_diffusers_version": version, **MID_VAE.to_diffusers_json()})
-    _save(FluxVAE(MID_VAE).state_dict(), root / "vae" / "diffusion_pytorch_model.safetensors")
+    vae_sd = FluxVAE(MID_VAE).state_dict()
+    tiny.write_hf(root, tokenizer, te_config, te_sd, MID_TRANSFORMER, transformer.state_dict(), vae_sd, MID_VAE)
     return _prompt_of(tokenizer, PROMPT_TOKENS)
 
 

@@ -16,6 +16,7 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -81,7 +82,7 @@ def _count_syncs(engine, request: GenerationRequest) -> int:
 
 def _syncs_per_step(engine, request: GenerationRequest) -> float:
     """Synchronizations that grow with the step count (the step loop should have none)."""
-    few, many = (_count_syncs(engine, GenerationRequest(**{**request.__dict__, "steps": n})) for n in (4, 8))
+    few, many = (_count_syncs(engine, replace(request, steps=n)) for n in (4, 8))
     return (many - few) / 4
 
 
@@ -104,7 +105,7 @@ def _run_mode(mode: str, components, tokenizer, device, runs: int) -> dict:
     for seed in range(runs):
         torch.cuda.synchronize()
         started = time.perf_counter()
-        result = engine.generate(GenerationRequest(**{**request.__dict__, "seed": seed}))
+        result = engine.generate(replace(request, seed=seed))
         torch.cuda.synchronize()
         # The engine synchronizes the device at the end of each stage, so its stage times are GPU times.
         timings.append({**result.timings, "total": time.perf_counter() - started})

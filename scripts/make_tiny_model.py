@@ -122,8 +122,8 @@ def _save(sd: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
     save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
 
 
-def write_hf(root: Path, tokenizer, te_config, te_sd, tr_config, tr_sd, vae_sd) -> None:
-    """The Hugging Face snapshot layout, as diffusers' ZImagePipeline.save_pretrained writes it."""
+def write_hf(root: Path, tokenizer, te_config, te_sd, tr_config, tr_sd, vae_sd, vae_config: VAEConfig = VAE) -> None:
+    """The Hugging Face snapshot layout, as diffusers' ZImagePipeline.save_pretrained writes it (fp32 files)."""
     _write_json(root / "model_index.json", {
         "_class_name": "ZImagePipeline", "_diffusers_version": DIFFUSERS_VERSION,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -143,7 +143,8 @@ def write_hf(root: Path, tokenizer, te_config, te_sd, tr_config, tr_sd, vae_sd) 
     te_config.save_pretrained(root / "text_encoder")
     _save(te_sd, root / "text_encoder" / "model.safetensors", torch.float32)
     tokenizer.save_pretrained(root / "tokenizer")
-    _write_json(root / "vae" / "config.json", {"_diffusers_version": DIFFUSERS_VERSION, **VAE.to_diffusers_json()})
+    _write_json(root / "vae" / "config.json",
+                {"_diffusers_version": DIFFUSERS_VERSION, **vae_config.to_diffusers_json()})
     _save(vae_sd, root / "vae" / "diffusion_pytorch_model.safetensors", torch.float32)
 
 
