@@ -78,8 +78,8 @@ def build_router(service: GenerationService) -> APIRouter:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
             body = parse_body(await read_json(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES))
-            gen_request = await asyncio.to_thread(to_generation_request, body, settings)
-            job = service.submit(gen_request, door="rest")
+            # In a thread: decoding the image and tokenizing the prompt (in submit) would block the event loop.
+            job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
             return JSONResponse(err.openai_body(lang), status_code=err.status)
@@ -124,6 +124,11 @@ def parse_body(data: dict) -> ImagesRequest:
         raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
 
 
+def submit_body(service: GenerationService, body: ImagesRequest) -> Job:
+    """Build the engine request and queue it (blocking: image decoding and prompt tokenizing)."""
+    return service.submit(to_generation_request(body, service.settings), door="rest")
+
+
 def to_generation_request(body: ImagesRequest, settings: Settings) -> GenerationRequest:
     """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
     if body.response_format == "url":
@@ -159,6 +164,5 @@ def success_body(job: Job, body: ImagesRequest) -> dict:
                   "seed": image.seed} for image in job.result.images],
         "seeds": job.result.seeds,
         "timings": {k: round(v, 4) for k, v in job.result.timings.items()},
-        "job": {"id": job.id, "queue_position": job.position_at_submit, "submitted_at": job.submitted_at,
-                "started_at": job.started_at, "finished_at": job.finished_at},
+        "job": job.summary(),
     }

@@ -77,6 +77,11 @@ class Job:
     def done(self) -> bool:
         return self.state in FINAL_STATES
 
+    def summary(self) -> dict:
+        """Id, queue position and timestamps, as the doors report them with a result."""
+        return {"id": self.id, "queue_position": self.position_at_submit, "submitted_at": self.submitted_at,
+                "started_at": self.started_at, "finished_at": self.finished_at}
+
     def request_cancel(self) -> None:
         """Ask the worker to stop this job at the next step (the service drops it if still queued)."""
         self._cancel.set()

@@ -17,9 +17,6 @@ RECIPE_KEY = "zimage-recipe"
 PARAMETERS_KEY = "parameters"
 RECIPE_FORMAT = "z-image-turbo-recipe/1"
 STEP_CONVENTION = "steps = transformer calls (8 steps = 8 model evaluations per image)"
-# The request fields a recipe restores; the rest of the record documents how the image was made.
-FORM_FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "shift",
-               "cfg_truncation", "cfg_normalization", "strength")
 
 
 def build_recipe(request: GenerationRequest, seed: int, index: int, engine_info: dict[str, Any],

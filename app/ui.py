@@ -19,8 +19,9 @@ from app.lora_slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_fiel
 from app.loras import SCALE_RANGE, list_lora_names
 from app.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import RESTORED_OUTPUTS, UiHandlers
+from app.ui_handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
 from app.ui_strings import ui_text
+from app.validation import FIXED_RANGES, MAX_SEED
 
 
 class Labels:
@@ -141,12 +142,13 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
                                         interactive=False, elem_id="negative-prompt"),
                              label="negative_prompt", info="negative_info")
     with gr.Row():
-        f["guidance"] = L(gr.Slider(0.0, 20.0, value=0.0, step=0.5, label=t("guidance"), info=t("guidance_info"),
-                                    elem_id="guidance"), label="guidance", info="guidance_info")
+        f["guidance"] = L(gr.Slider(*FIXED_RANGES["guidance"], value=0.0, step=0.5, label=t("guidance"),
+                                    info=t("guidance_info"), elem_id="guidance"),
+                          label="guidance", info="guidance_info")
         f["steps"] = L(gr.Slider(1, settings.max_steps, value=8, step=1, label=t("steps"), info=t("steps_info"),
                                  elem_id="steps"), label="steps", info="steps_info")
     with gr.Row(equal_height=True):
-        f["seed"] = L(gr.Number(value=-1, precision=0, minimum=-1, maximum=2**32 - 1, label=t("seed"),
+        f["seed"] = L(gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label=t("seed"),
                                 info=t("seed_info"), elem_id="seed"), label="seed", info="seed_info")
         f["seed_random"] = L(gr.Button(t("seed_random"), size="sm", elem_id="seed-random"), value="seed_random")
         f["seed_reuse"] = L(gr.Button(t("seed_reuse"), size="sm", elem_id="seed-reuse"), value="seed_reuse")
@@ -167,14 +169,17 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
     with gr.Row():
         f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"], label=t("reference"),
                                           elem_id="ref-img", height=220), label="reference")
-        f["strength"] = L(gr.Slider(0.01, 1.0, value=0.6, step=0.01, label=t("strength"), info=t("strength_info"),
-                                    elem_id="strength"), label="strength", info="strength_info")
+        f["strength"] = L(gr.Slider(*FIXED_RANGES["strength"], value=0.6, step=0.01, label=t("strength"),
+                                    info=t("strength_info"), elem_id="strength"),
+                          label="strength", info="strength_info")
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
-        f["shift"] = L(gr.Slider(0.1, 20.0, value=3.0, step=0.1, label=t("shift"), elem_id="shift"), label="shift")
-        f["cfg_truncation"] = L(gr.Slider(0.0, 1.0, value=1.0, step=0.01, label=t("cfg_truncation"),
-                                          elem_id="cfg-truncation"), label="cfg_truncation")
-        f["cfg_normalization"] = L(gr.Slider(0.0, 10.0, value=0.0, step=0.05, label=t("cfg_normalization"),
-                                             elem_id="cfg-normalization"), label="cfg_normalization")
+        f["shift"] = L(gr.Slider(*FIXED_RANGES["shift"], value=3.0, step=0.1, label=t("shift"), elem_id="shift"),
+                       label="shift")
+        f["cfg_truncation"] = L(gr.Slider(*FIXED_RANGES["cfg_truncation"], value=1.0, step=0.01,
+                                          label=t("cfg_truncation"), elem_id="cfg-truncation"), label="cfg_truncation")
+        f["cfg_normalization"] = L(gr.Slider(*FIXED_RANGES["cfg_normalization"], value=0.0, step=0.05,
+                                             label=t("cfg_normalization"), elem_id="cfg-normalization"),
+                                   label="cfg_normalization")
     return f
 
 
@@ -199,7 +204,7 @@ def _build_export(L: Labels) -> dict[str, Any]:
     t = L.t
     with L(gr.Accordion(t("export"), open=False, elem_id="export"), label="export"):
         with gr.Row():
-            source = L(gr.Dropdown([("当前表单 / current form", -1)], value=-1, label=t("export_source"),
+            source = L(gr.Dropdown([CURRENT_FORM_CHOICE], value=CURRENT_FORM_CHOICE[1], label=t("export_source"),
                                    elem_id="export-source"), label="export_source")
             button = L(gr.Button(t("export_button"), elem_id="export-btn"), value="export_button")
         codes = [

@@ -19,7 +19,7 @@ from app.metadata import read_recipe
 from app.presets import preset_choices
 from app.service import EngineState, GenerationService
 from app.ui_strings import ui_text
-from app.validation import open_uploaded_file
+from app.validation import open_uploaded_file, parse_size
 from model.request import GenerationRequest
 
 POLL_SECONDS = 0.5
@@ -29,6 +29,8 @@ RESTORED_FIELDS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "wi
 # Everything restore_from_png sets before the batch size and the status: the fields, then the LoRA slots.
 RESTORED_OUTPUTS = RESTORED_FIELDS + SLOT_PARAMETERS
 NAME_FIELDS = tuple(name_field(slot) for slot in SLOTS)
+# The export panel's first choice: snippets for the form as it is (index -1), before the history entries.
+CURRENT_FORM_CHOICE = ("当前表单 / current form", -1)
 
 
 def request_language(lang: str | None, request: gr.Request | None) -> str:
@@ -123,9 +125,7 @@ class UiHandlers:
         details = {"seeds": result.seeds, "prompt_tokens": result.prompt_tokens,
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
                    "files": [str(img.path) for img in result.images if img.path],
-                   "job": {"id": job.id, "queue_position": job.position_at_submit,
-                           "submitted_at": job.submitted_at, "started_at": job.started_at,
-                           "finished_at": job.finished_at}}
+                   "job": job.summary()}
         recipe = dict(result.images[0].recipe)
         recipe["batch_size"] = job.request.batch_size
         recipe["seed"] = job.request.seed
@@ -166,15 +166,14 @@ class UiHandlers:
         choices = preset_choices(size_class, self.settings.max_size)
         if not choices:
             return gr.update(choices=[], value=None), gr.skip(), gr.skip()
-        width, height = (int(v) for v in choices[0][1].split("x"))
+        width, height = parse_size(choices[0][1])
         return gr.update(choices=choices, value=choices[0][1]), width, height
 
     @staticmethod
     def preset_changed(preset: str | None, width: int, height: int) -> tuple[int, int]:
         if not preset:
             return width, height
-        w, h = preset.split("x")
-        return int(w), int(h)
+        return parse_size(preset)
 
     def restore_from_png(self, path: str | None, lang: str | None, request: gr.Request) -> list:
         """A dropped PNG's recipe back into the form (fields it lacks stay as they are), LoRA slots included."""
@@ -283,7 +282,7 @@ def form_params(form: tuple) -> dict[str, Any]:
 
 
 def export_choices_update(history: list) -> dict:
-    choices = [("当前表单 / current form", -1)] + [
+    choices = [CURRENT_FORM_CHOICE] + [
         (f"#{i + 1} · seed {entry['recipe'].get('seed')} · {entry['recipe'].get('prompt', '')[:30]}", i)
         for i, entry in enumerate(history)]
     return gr.update(choices=choices)

@@ -8,9 +8,7 @@ import gradio as gr
 from app.lora_slots import MAX_UI_LORAS, SLOTS, name_field, scale_field
 
 EN: dict[str, str] = {
-    "title": "Z-Image-Turbo",
     "heading": "# Z-Image-Turbo",
-    "language": "Language",
     "prompt": "Prompt",
     "prompt_placeholder": "Describe the image (Chinese or English; text in quotes is drawn as written)",
     "negative_prompt": "Negative prompt",
@@ -25,7 +23,6 @@ EN: dict[str, str] = {
     "seed_reuse": "♻️ Reuse last",
     "size_class": "Size class",
     "aspect": "Aspect ratio",
-    "custom": "Custom",
     "width": "Width",
     "height": "Height",
     "batch": "Images per run",
@@ -50,7 +47,6 @@ EN: dict[str, str] = {
     "history": "History (this tab)",
     "export": "Export API code",
     "export_source": "Code for",
-    "export_current": "the current form",
     "export_button": "Show code",
     "code_python": "Python (gradio_client)",
     "code_curl_gradio": "curl (two-step Gradio call)",
@@ -63,9 +59,7 @@ EN: dict[str, str] = {
 }
 
 ZH_CN: dict[str, str] = {
-    "title": "Z-Image-Turbo",
     "heading": "# Z-Image-Turbo 图像生成",
-    "language": "语言",
     "prompt": "提示词",
     "prompt_placeholder": "描述想要的图像（中文或英文；引号中的文字会按原样画出）",
     "negative_prompt": "反向提示词",
@@ -80,7 +74,6 @@ ZH_CN: dict[str, str] = {
     "seed_reuse": "♻️ 沿用上次",
     "size_class": "尺寸档位",
     "aspect": "宽高比",
-    "custom": "自定义",
     "width": "宽度",
     "height": "高度",
     "batch": "每次生成张数",
@@ -105,7 +98,6 @@ ZH_CN: dict[str, str] = {
     "history": "历史（当前标签页）",
     "export": "导出 API 代码",
     "export_source": "代码对应",
-    "export_current": "当前表单",
     "export_button": "显示代码",
     "code_python": "Python（gradio_client）",
     "code_curl_gradio": "curl（Gradio 两步调用）",

@@ -115,7 +115,7 @@ def resolve(remote: RemoteFile, endpoint: str, revision: str | None) -> Resolved
 def fetch(item: ResolvedFile, folder: Path, endpoint: str, retries: int) -> None:
     """Download one file into place, resuming `<name>.part`, retrying dropped connections."""
     destination = folder / item.remote.local_name
-    if destination.is_file() and destination.stat().st_size == item.size:
+    if _complete(destination, item.size):
         logger.info("%s: complete (%d bytes), skipped", item.remote.local_name, item.size)
         return
     if destination.exists():
@@ -123,7 +123,7 @@ def fetch(item: ResolvedFile, folder: Path, endpoint: str, retries: int) -> None
                        destination.stat().st_size, item.size)
         destination.unlink()
     destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.with_name(destination.name + ".part")
+    part = _part_file(destination)
     for attempt in range(retries + 1):
         try:
             _stream_into(item, part, endpoint)
@@ -142,6 +142,16 @@ def fetch(item: ResolvedFile, folder: Path, endpoint: str, retries: int) -> None
         raise DownloadError(f"size check failed for {item.remote.local_name}: got {actual} bytes, the hub says "
                             f"{item.size}; the partial file was removed, run again", EXIT_INTERRUPTED)
     part.replace(destination)
+
+
+def _complete(destination: Path, size: int) -> bool:
+    """The file is in place with the size the hub reports."""
+    return destination.is_file() and destination.stat().st_size == size
+
+
+def _part_file(destination: Path) -> Path:
+    """Where the download of `destination` grows until it is complete (kept between runs to resume)."""
+    return destination.with_name(destination.name + ".part")
 
 
 def _stream_into(item: ResolvedFile, part: Path, endpoint: str) -> None:
@@ -174,9 +184,9 @@ def check_disk(folder: Path, items: list[ResolvedFile]) -> None:
     needed = 0
     for item in items:
         destination = folder / item.remote.local_name
-        if destination.is_file() and destination.stat().st_size == item.size:
+        if _complete(destination, item.size):
             continue
-        part = destination.with_name(destination.name + ".part")
+        part = _part_file(destination)
         needed += item.size - (part.stat().st_size if part.exists() else 0)
     free = shutil.disk_usage(folder).free
     if needed > free:

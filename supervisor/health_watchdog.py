@@ -50,14 +50,14 @@ class WatchdogOptions:
 def default_url(environ: dict[str, str]) -> str:
     """The app's liveness URL from the app's own settings (configs/app.toml + ZIMAGE_*), so both agree."""
     sys.path.insert(0, str(REPO_ROOT))  # supervisor/ and app/ are siblings; the app is not installed
-    from app.settings import SettingsError, load_settings
+    from app.settings import Settings, SettingsError, load_settings
 
     try:
         settings = load_settings(environ)
         host, port = settings.host, settings.port
     except SettingsError as error:  # the app will refuse to start too; probe the documented default
         logger.warning("app settings unreadable (%s): probing the default port", error)
-        host, port = "127.0.0.1", 7860
+        host, port = Settings.host, Settings.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"  # a wildcard bind still answers on loopback
     return f"http://{host}:{port}/health/live"
@@ -149,10 +149,11 @@ def parse_args(argv: list[str], environ: dict[str, str]) -> WatchdogOptions:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--program", required=True, help="supervisor program name to watch")
     parser.add_argument("--url", default=None, help="liveness URL (default: host and port from the app settings)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds one probe may take")
-    parser.add_argument("--interval", type=float, default=15.0, help="seconds between probes")
-    parser.add_argument("--failures", type=int, default=3, help="failed probes in a row before the kill")
-    parser.add_argument("--grace", type=float, default=120.0,
+    parser.add_argument("--timeout", type=float, default=WatchdogOptions.timeout, help="seconds one probe may take")
+    parser.add_argument("--interval", type=float, default=WatchdogOptions.interval, help="seconds between probes")
+    parser.add_argument("--failures", type=int, default=WatchdogOptions.failures,
+                        help="failed probes in a row before the kill")
+    parser.add_argument("--grace", type=float, default=WatchdogOptions.grace,
                         help="seconds after a (re)start during which the app is not probed")
     args = parser.parse_args(argv)
     return WatchdogOptions(program=args.program, url=args.url or default_url(environ), timeout=args.timeout,

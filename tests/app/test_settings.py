@@ -57,3 +57,11 @@ def test_unknown_toml_key_is_an_error(tmp_path: Path):
     config.write_text('[server]\nprot = 9000\n')
     with pytest.raises(SettingsError, match="unknown setting 'prot'"):
         load_settings({"ZIMAGE_CONFIG": str(config)})
+
+
+def test_memory_mode_choices_match_the_engine():
+    """settings keeps its own copy so it loads without torch; it must offer exactly the engine's modes."""
+    from app.settings import MEMORY_MODES
+    from model.memory import MEMORY_MODES as ENGINE_MODES
+
+    assert set(MEMORY_MODES) == set(ENGINE_MODES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import re
-from pathlib import Path
 
 from app.settings import Settings
 from tests.ops.supervisor_helpers import REPO_ROOT, load_script
