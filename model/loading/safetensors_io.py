@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -207,3 +208,9 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device)
     if dtype is not None and tensor.is_floating_point():
         return tensor.to(device=device, dtype=dtype)
     return tensor.to(device=device)
+
+
+def count_numbered(keys: Iterable[str], pattern: str) -> int:
+    """Number of numbered blocks in a state dict: highest index captured by `pattern` + 1 (0 if none)."""
+    indices = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    return max(indices) + 1 if indices else 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qw
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from model.errors import CheckpointError
-from model.loading.safetensors_io import assign_state_dict, read_state_dict
+from model.loading.safetensors_io import assign_state_dict, count_numbered, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ QWEN3_RMS_NORM_EPS = 1e-6
 QWEN3_ROPE_THETA = 1_000_000.0
 QWEN3_MAX_POSITIONS = 40960
 _CAUSAL_LM_PREFIX = "model."
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.")
 
 
 def strip_causal_lm_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -37,11 +35,6 @@ def strip_causal_lm_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {
         k[len(_CAUSAL_LM_PREFIX):]: v for k, v in sd.items() if k.startswith(_CAUSAL_LM_PREFIX)
     }
-
-
-def _count_layers(keys) -> int:
-    indices = {int(m.group(1)) for k in keys if (m := _LAYER_KEY.match(k))}
-    return max(indices) + 1 if indices else 0
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> Qwen3Config:
@@ -58,7 +51,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> Qwen3Con
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=intermediate,
-        num_hidden_layers=_count_layers(sd),
+        num_hidden_layers=count_numbered(sd, r"layers\.(\d+)\."),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,

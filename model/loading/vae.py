@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from model.errors import CheckpointError
-from model.loading.safetensors_io import assign_state_dict, read_state_dict
+from model.loading.safetensors_io import assign_state_dict, count_numbered, read_state_dict
 from model.vae import FluxVAE, VAEConfig
 
 logger = logging.getLogger(__name__)
@@ -35,14 +35,9 @@ _BFL_TO_DIFFUSERS_PARTS = [
 _ATTENTION_PROJECTIONS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")
 
 
-def _count_levels(keys: list[str], pattern: str) -> int:
-    indices = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    return max(indices) + 1 if indices else 0
-
-
 def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename BFL `ae.safetensors` keys to diffusers keys; 1x1-conv attention weights become Linear weights."""
-    levels = _count_levels(list(sd), r"decoder\.up\.(\d+)\.")
+    levels = count_numbered(sd, r"decoder\.up\.(\d+)\.")
     out = {}
     for key, tensor in sd.items():
         new = "." + key
@@ -64,7 +59,7 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of `bfl_to_diffusers`: diffusers keys to BFL keys, attention weights as 1x1 convs."""
-    levels = _count_levels(list(sd), r"decoder\.up_blocks\.(\d+)\.")
+    levels = count_numbered(sd, r"decoder\.up_blocks\.(\d+)\.")
     out = {}
     for key, tensor in sd.items():
         new = "." + key
@@ -86,7 +81,7 @@ def diffusers_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> VAEConfig:
     """Infer the architecture from diffusers-named tensor shapes (norm groups and scaling are Flux constants)."""
     try:
-        levels = _count_levels(list(sd), r"encoder\.down_blocks\.(\d+)\.")
+        levels = count_numbered(sd, r"encoder\.down_blocks\.(\d+)\.")
         return VAEConfig(
             in_channels=sd["encoder.conv_in.weight"].shape[1],
             out_channels=sd["decoder.conv_out.weight"].shape[0],
@@ -94,7 +89,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> VAEConfi
             block_out_channels=tuple(
                 sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)
             ),
-            layers_per_block=_count_levels(list(sd), r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+            layers_per_block=count_numbered(sd, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
         )
     except KeyError as exc:
         raise CheckpointError(f"{source}: not a Flux VAE checkpoint (missing {exc.args[0]!r})") from None
