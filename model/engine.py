@@ -34,6 +34,7 @@ from model.loading.transformer import load_transformer
 from model.loading.vae import load_vae
 from model.lora import LoraManager
 from model.memory import MemoryManager
+from model.onednn_linear import use_onednn_linears
 from model.request import GenerationRequest, GenerationResult, StepCallback
 from model.text_encoder import PromptEncoder, PromptFeatures
 from model.transformer import SEQ_MULTIPLE, ZImageTransformer
@@ -92,8 +93,12 @@ class Engine:
         tokenizer = load_tokenizer(layout.tokenizer)
         transformer = load_transformer(layout.transformer, dtype=dtype)
         vae = load_vae(layout.vae, dtype=vae_dtype or dtype)
-        memory = MemoryManager(memory_mode, device,
-                               {"text_encoder": text_model, "transformer": transformer, "vae": vae})
+        components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
+        memory = MemoryManager(memory_mode, device, components)
+        # float32 CPU calls of the linears go through oneDNN (model.onednn_linear); GPU calls are unchanged.
+        switched = sum(use_onednn_linears(component) for component in components.values())
+        if switched:
+            logger.info("%d linear layers use oneDNN for float32 calls on the CPU", switched)
         if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
             compile_repeated_blocks(transformer)
         logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,
