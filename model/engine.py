@@ -26,6 +26,7 @@ import model
 from model import sampler
 from model.attention import get_attention_backend, set_attention_backend
 from model.compile import compile_repeated_blocks
+from model.cpu_kernels import use_cpu_kernels
 from model.errors import InvalidRequestError
 from model.images import reference_tensor, to_pil_images
 from model.loading.layout import WeightsLayout, detect_layout
@@ -34,7 +35,6 @@ from model.loading.transformer import load_transformer
 from model.loading.vae import load_vae
 from model.lora import LoraManager
 from model.memory import MemoryManager
-from model.onednn_linear import use_onednn_linears
 from model.request import GenerationRequest, GenerationResult, StepCallback
 from model.text_encoder import PromptEncoder, PromptFeatures
 from model.transformer import SEQ_MULTIPLE, ZImageTransformer
@@ -94,11 +94,11 @@ class Engine:
         transformer = load_transformer(layout.transformer, dtype=dtype)
         vae = load_vae(layout.vae, dtype=vae_dtype or dtype)
         components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
-        memory = MemoryManager(memory_mode, device, components)
-        # float32 CPU calls of the linears go through oneDNN (model.onednn_linear); GPU calls are unchanged.
-        switched = sum(use_onednn_linears(component) for component in components.values())
+        # oneDNN float32 linears for CPU calls, channels-last convolutions on a CPU engine (model.cpu_kernels).
+        switched = sum(use_cpu_kernels(component, device) for component in components.values())
         if switched:
             logger.info("%d linear layers use oneDNN for float32 calls on the CPU", switched)
+        memory = MemoryManager(memory_mode, device, components)
         if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
             compile_repeated_blocks(transformer)
         logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,

@@ -1,4 +1,4 @@
-"""float32 CPU linears through oneDNN (model.onednn_linear): which calls take that path, that their results
+"""float32 CPU linears through oneDNN (model.cpu_kernels): which calls take that path, that their results
 are float32-exact up to summation order, and that swapping the class keeps everything else working."""
 
 from __future__ import annotations
@@ -10,11 +10,16 @@ from torch import nn
 from torch.profiler import profile
 
 from model.fp8 import Float8Linear
-from model.onednn_linear import AVAILABLE, OneDNNLinear, use_onednn_linears
+from model.cpu_kernels import AVAILABLE, OneDNNLinear, use_cpu_kernels, use_onednn_linears
+from model.loading.vae import load_vae
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="oneDNN linears are switched on only on x86-64 CPUs")
 
 ONEDNN_OP = "mkldnn::_linear_pointwise"
+# Channels-last GroupNorm and convolution round differently from the NCHW kernels: measured against a
+# float64 decode, 2.1e-4 on the tiny VAE's 1x1 latent (NCHW: 6e-6) and 3.5e-4 between the two layouts on a
+# 1024x1024 decode of the bench's mid-size VAE. One 8-bit level of the [-1, 1] output is 2/255 = 7.8e-3.
+NHWC_ATOL = 1e-3
 
 
 def _linear(in_features: int = 96, out_features: int = 80, bias: bool = True) -> nn.Linear:
@@ -110,6 +115,23 @@ def test_graph_capture_with_torch_compile():
         torch.testing.assert_close(compiled(x), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("z_shape", [(2, 16, 6, 5), (1, 16, 1, 1)])
+def test_channels_last_vae_keeps_its_layout_and_decodes_the_same(tiny_model_dir, z_shape):
+    vae = load_vae(tiny_model_dir / "hf" / "vae")
+    z = torch.randn(z_shape, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.inference_mode():
+        expected, expected_latents = vae.decode(z), vae.encode(images)
+        assert use_cpu_kernels(vae, torch.device("cpu")) == 8  # q, k, v, out of the encoder and decoder mid-blocks
+        layouts = []
+        vae.decoder.up_blocks[-1].register_forward_hook(
+            lambda _module, _args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+        decoded, latents = vae.decode(z), vae.encode(images)
+    assert layouts == [True]  # the last decoder block still computes in NHWC: no silent fallback to NCHW
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=NHWC_ATOL)
+    torch.testing.assert_close(latents, expected_latents, rtol=0, atol=NHWC_ATOL)
+
+
 def test_cpu_engine_runs_its_float32_linears_through_onednn(tiny_model_dir):
     from model import Engine, GenerationRequest
 
@@ -117,6 +139,8 @@ def test_cpu_engine_runs_its_float32_linears_through_onednn(tiny_model_dir):
     components = (engine.transformer, engine.prompt_encoder.model, engine.vae)
     assert all(type(m) is not nn.Linear for c in components for m in c.modules())
     assert all(any(type(m) is OneDNNLinear for m in c.modules()) for c in components)
+    convs = [m for m in engine.vae.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
     request = GenerationRequest(prompt="a cat", width=64, height=48, steps=1, seed=0)
     ops = _ops_called(lambda: engine.generate(request))
     assert ONEDNN_OP in ops and "aten::addmm" not in ops
