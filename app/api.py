@@ -19,7 +19,7 @@ from app.jobs import Job, JobState
 from app.loras import resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
-from app.validation import decode_base64_image, parse_size
+from app.validation import DOOR_DEFAULTS, decode_base64_image, parse_size
 from model.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -43,22 +43,22 @@ class ImagesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str
     model: str | None = None
-    n: int = 1
-    size: str = "1024x1024"
+    n: int = DOOR_DEFAULTS["batch_size"]
+    size: str = f"{DOOR_DEFAULTS['width']}x{DOOR_DEFAULTS['height']}"
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Literal["png"] | None = None
     quality: str | None = None
     style: str | None = None
     user: str | None = None
-    negative_prompt: str = ""
-    steps: int = 8
-    guidance_scale: float = 0.0
-    seed: int = -1
+    negative_prompt: str = DOOR_DEFAULTS["negative_prompt"]
+    steps: int = DOOR_DEFAULTS["steps"]
+    guidance_scale: float = DOOR_DEFAULTS["guidance"]
+    seed: int = DOOR_DEFAULTS["seed"]
     image: str | None = None
-    strength: float = 0.6
-    shift: float = 3.0
-    cfg_truncation: float = 1.0
-    cfg_normalization: float = 0.0
+    strength: float = DOOR_DEFAULTS["strength"]
+    shift: float = DOOR_DEFAULTS["shift"]
+    cfg_truncation: float = DOOR_DEFAULTS["cfg_truncation"]
+    cfg_normalization: float = DOOR_DEFAULTS["cfg_normalization"]
     loras: list[LoraItem] = []
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.lora_slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
+from app.validation import DOOR_DEFAULTS
 
 API_NAME = "generate"
 REFERENCE_FILE = "reference.png"
@@ -15,9 +16,7 @@ REFERENCE_FILE = "reference.png"
 GRADIO_PARAMETERS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "batch_size",
                      "reference_image", "strength", "shift", "cfg_truncation", "cfg_normalization",
                      *SLOT_PARAMETERS)
-DEFAULTS: dict[str, Any] = {"negative_prompt": "", "guidance": 0.0, "steps": 8, "seed": -1, "width": 1024,
-                            "height": 1024, "batch_size": 1, "strength": 0.6, "shift": 3.0,
-                            "cfg_truncation": 1.0, "cfg_normalization": 0.0, **SLOT_DEFAULTS}
+DEFAULTS: dict[str, Any] = {**DOOR_DEFAULTS, **SLOT_DEFAULTS}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from app.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
 from app.service import GenerationService
 from app.ui_handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
 from app.ui_strings import ui_text
-from app.validation import FIXED_RANGES, MAX_SEED
+from app.validation import DOOR_DEFAULTS, FIXED_RANGES, MAX_SEED, RANDOM_SEED
 
 
 class Labels:
@@ -138,18 +138,19 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
     f["prompt"] = L(gr.Textbox(label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, elem_id="prompt"),
                     label="prompt", placeholder="prompt_placeholder")
     f["tokens"] = gr.Markdown(elem_id="token-count")
-    f["negative_prompt"] = L(gr.Textbox(label=t("negative_prompt"), info=t("negative_info"), lines=1,
-                                        interactive=False, elem_id="negative-prompt"),
+    f["negative_prompt"] = L(gr.Textbox(DOOR_DEFAULTS["negative_prompt"], label=t("negative_prompt"),
+                                        info=t("negative_info"), lines=1, interactive=False,
+                                        elem_id="negative-prompt"),
                              label="negative_prompt", info="negative_info")
     with gr.Row():
-        f["guidance"] = L(gr.Slider(*FIXED_RANGES["guidance"], value=0.0, step=0.5, label=t("guidance"),
-                                    info=t("guidance_info"), elem_id="guidance"),
+        f["guidance"] = L(gr.Slider(*FIXED_RANGES["guidance"], value=DOOR_DEFAULTS["guidance"], step=0.5,
+                                    label=t("guidance"), info=t("guidance_info"), elem_id="guidance"),
                           label="guidance", info="guidance_info")
-        f["steps"] = L(gr.Slider(1, settings.max_steps, value=8, step=1, label=t("steps"), info=t("steps_info"),
-                                 elem_id="steps"), label="steps", info="steps_info")
+        f["steps"] = L(gr.Slider(1, settings.max_steps, value=DOOR_DEFAULTS["steps"], step=1, label=t("steps"),
+                                 info=t("steps_info"), elem_id="steps"), label="steps", info="steps_info")
     with gr.Row(equal_height=True):
-        f["seed"] = L(gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label=t("seed"),
-                                info=t("seed_info"), elem_id="seed"), label="seed", info="seed_info")
+        f["seed"] = L(gr.Number(value=DOOR_DEFAULTS["seed"], precision=0, minimum=RANDOM_SEED, maximum=MAX_SEED,
+                                label=t("seed"), info=t("seed_info"), elem_id="seed"), label="seed", info="seed_info")
         f["seed_random"] = L(gr.Button(t("seed_random"), size="sm", elem_id="seed-random"), value="seed_random")
         f["seed_reuse"] = L(gr.Button(t("seed_reuse"), size="sm", elem_id="seed-reuse"), value="seed_reuse")
     with gr.Row():
@@ -159,25 +160,28 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
         f["preset"] = L(gr.Dropdown(presets, value=presets[0][1] if presets else None, label=t("aspect"),
                                     elem_id="size-preset"), label="aspect")
     with gr.Row():
-        default_size = min(max(1024, settings.min_size), settings.max_size)
-        f["width"] = L(gr.Slider(settings.min_size, settings.max_size, value=default_size, step=16, label=t("width"),
+        size = {axis: min(max(DOOR_DEFAULTS[axis], settings.min_size), settings.max_size)
+                for axis in ("width", "height")}
+        f["width"] = L(gr.Slider(settings.min_size, settings.max_size, value=size["width"], step=16, label=t("width"),
                                  elem_id="width"), label="width")
-        f["height"] = L(gr.Slider(settings.min_size, settings.max_size, value=default_size, step=16,
+        f["height"] = L(gr.Slider(settings.min_size, settings.max_size, value=size["height"], step=16,
                                   label=t("height"), elem_id="height"), label="height")
-    f["batch_size"] = L(gr.Slider(1, settings.max_batch, value=1, step=1, label=t("batch"), elem_id="batch"),
-                        label="batch")
+    f["batch_size"] = L(gr.Slider(1, settings.max_batch, value=DOOR_DEFAULTS["batch_size"], step=1,
+                                  label=t("batch"), elem_id="batch"), label="batch")
     with gr.Row():
         f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"], label=t("reference"),
                                           elem_id="ref-img", height=220), label="reference")
-        f["strength"] = L(gr.Slider(*FIXED_RANGES["strength"], value=0.6, step=0.01, label=t("strength"),
-                                    info=t("strength_info"), elem_id="strength"),
+        f["strength"] = L(gr.Slider(*FIXED_RANGES["strength"], value=DOOR_DEFAULTS["strength"], step=0.01,
+                                    label=t("strength"), info=t("strength_info"), elem_id="strength"),
                           label="strength", info="strength_info")
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
-        f["shift"] = L(gr.Slider(*FIXED_RANGES["shift"], value=3.0, step=0.1, label=t("shift"), elem_id="shift"),
-                       label="shift")
-        f["cfg_truncation"] = L(gr.Slider(*FIXED_RANGES["cfg_truncation"], value=1.0, step=0.01,
-                                          label=t("cfg_truncation"), elem_id="cfg-truncation"), label="cfg_truncation")
-        f["cfg_normalization"] = L(gr.Slider(*FIXED_RANGES["cfg_normalization"], value=0.0, step=0.05,
+        f["shift"] = L(gr.Slider(*FIXED_RANGES["shift"], value=DOOR_DEFAULTS["shift"], step=0.1, label=t("shift"),
+                                 elem_id="shift"), label="shift")
+        f["cfg_truncation"] = L(gr.Slider(*FIXED_RANGES["cfg_truncation"], value=DOOR_DEFAULTS["cfg_truncation"],
+                                          step=0.01, label=t("cfg_truncation"), elem_id="cfg-truncation"),
+                                label="cfg_truncation")
+        f["cfg_normalization"] = L(gr.Slider(*FIXED_RANGES["cfg_normalization"],
+                                             value=DOOR_DEFAULTS["cfg_normalization"], step=0.05,
                                              label=t("cfg_normalization"), elem_id="cfg-normalization"),
                                    label="cfg_normalization")
     return f

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import re
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -16,6 +17,14 @@ from app.settings import Settings
 from model.request import GenerationRequest
 
 MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1  # a seed field left at this draws a new seed for each request
+
+# What every door (form, REST, exported code) shows or sends for a field left out: the engine's defaults,
+# read from GenerationRequest so they are written once, except the seed, which the doors draw per request.
+DOOR_FIELDS = ("negative_prompt", "guidance", "steps", "width", "height", "batch_size", "strength", "shift",
+               "cfg_truncation", "cfg_normalization")
+DOOR_DEFAULTS: dict[str, Any] = {**{f.name: f.default for f in dataclasses.fields(GenerationRequest)
+                                    if f.name in DOOR_FIELDS}, "seed": RANDOM_SEED}
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 # field -> (low, high) for the numeric fields that have no setting of their own.
@@ -25,7 +34,7 @@ FIXED_RANGES: dict[str, tuple[float, float]] = {
     "shift": (0.1, 20.0),
     "cfg_truncation": (0.0, 1.0),
     "cfg_normalization": (0.0, 10.0),
-    "seed": (-1, MAX_SEED),
+    "seed": (RANDOM_SEED, MAX_SEED),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,10 +16,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app.api import ImagesRequest
+from app.export_code import DEFAULTS as EXPORT_DEFAULTS
 from app.export_code import snippets_for
 from app.metadata import read_recipe
+from app.validation import DOOR_FIELDS, parse_size
 from app_helpers import TEST_QUEUE_SIZE
 from live_server import LiveServer
+from model.request import GenerationRequest
 
 FORM = dict(prompt="a lighthouse at dusk", negative_prompt="", guidance=0.0, steps=2, seed=11, width=128, height=128,
             batch_size=1, reference_image=None, strength=0.6, shift=3.0, cfg_truncation=1.0, cfg_normalization=0.0,
@@ -40,6 +45,25 @@ def test_gradio_client_gets_images_with_seed_and_recipe(client: Client):
         recipe = read_recipe(image)
     assert recipe["seed"] == 12 and recipe["prompt"] == FORM["prompt"] and recipe["width"] == 128
     assert details["seeds"] == [11, 12] and set(details["timings"]) >= {"denoising", "vae_decode", "queue_wait"}
+
+
+def test_every_door_leaves_a_field_out_as_the_engine_would(tiny_server: LiveServer, client: Client):
+    """The form's initial values, the REST body's defaults and the exported code's: the engine's defaults
+    (GenerationRequest), except the seed, which every door draws per request (-1). The form's size sliders
+    start at the default size brought into the server's allowed range."""
+    engine = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+    expected = {name: engine[name] for name in DOOR_FIELDS} | {"seed": -1}
+    settings = tiny_server.service.settings
+    allowed = {axis: min(max(expected[axis], settings.min_size), settings.max_size) for axis in ("width", "height")}
+    endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
+    form = {p["parameter_name"]: p["parameter_default"] for p in endpoint["parameters"] if p["parameter_has_default"]}
+    assert {name: form.get(name) for name in expected} == expected | allowed
+    rest = ImagesRequest(prompt="x")
+    width, height = parse_size(rest.size)
+    assert dict(negative_prompt=rest.negative_prompt, guidance=rest.guidance_scale, steps=rest.steps, width=width,
+                height=height, batch_size=rest.n, strength=rest.strength, shift=rest.shift,
+                cfg_truncation=rest.cfg_truncation, cfg_normalization=rest.cfg_normalization, seed=rest.seed) == expected
+    assert {name: EXPORT_DEFAULTS[name] for name in expected} == expected
 
 
 def test_gradio_bad_inputs_get_our_message(client: Client, tmp_path):
