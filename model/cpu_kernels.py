@@ -16,8 +16,9 @@ Convolutions. oneDNN's convolutions work in NHWC; with PyTorch's default NCHW we
 reorders its input and output. Channels-last conv weights make the whole VAE run in NHWC (a convolution's
 output takes its weight's layout): the mid-size VAE's 512x512 decode went from 5.6 s to 4.4 s (two threads).
 The NHWC GroupNorm rounds more coarsely than the NCHW one: on a 1024x1024 decode the two layouts differ by at
-most 3.5e-4 (one 8-bit level is 7.8e-3), which moved 0.45 % of the 8-bit values by one level. Applied only
-when the engine's device is the CPU, the one place it was measured.
+most 3.5e-4 (one 8-bit level is 7.8e-3), which moved 0.45 % of the 8-bit values by one level.
+
+The Engine applies both only when its device is the CPU; GPU kernels were not measured against these choices.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def use_onednn_linears(module: nn.Module) -> int:
     return len(plain)
 
 
-def use_cpu_kernels(module: nn.Module, device: torch.device) -> int:
-    """The CPU kernel choices above for one model component; returns how many linears were switched.
+def use_cpu_kernels(module: nn.Module) -> int:
+    """Both CPU kernel choices above for one model component; returns how many linears were switched.
 
     Only 4-D parameters (convolution weights) change layout, so components without convolutions are untouched.
     """
-    if AVAILABLE and device.type == "cpu":
-        module.to(memory_format=torch.channels_last)
+    if not AVAILABLE:
+        return 0
+    module.to(memory_format=torch.channels_last)
     return use_onednn_linears(module)

@@ -94,10 +94,10 @@ class Engine:
         transformer = load_transformer(layout.transformer, dtype=dtype)
         vae = load_vae(layout.vae, dtype=vae_dtype or dtype)
         components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
-        # oneDNN float32 linears for CPU calls, channels-last convolutions on a CPU engine (model.cpu_kernels).
-        switched = sum(use_cpu_kernels(component, device) for component in components.values())
-        if switched:
-            logger.info("%d linear layers use oneDNN for float32 calls on the CPU", switched)
+        if device.type == "cpu":  # oneDNN float32 linears, channels-last convolutions (model.cpu_kernels)
+            switched = sum(use_cpu_kernels(component) for component in components.values())
+            logger.info("CPU kernels: %d linear layers use oneDNN for float32, convolutions are channels-last",
+                        switched)
         memory = MemoryManager(memory_mode, device, components)
         if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
             compile_repeated_blocks(transformer)

@@ -122,7 +122,7 @@ def test_channels_last_vae_keeps_its_layout_and_decodes_the_same(tiny_model_dir,
     images = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.inference_mode():
         expected, expected_latents = vae.decode(z), vae.encode(images)
-        assert use_cpu_kernels(vae, torch.device("cpu")) == 8  # q, k, v, out of the encoder and decoder mid-blocks
+        assert use_cpu_kernels(vae) == 8  # q, k, v, out of the encoder and decoder mid-blocks
         layouts = []
         vae.decoder.up_blocks[-1].register_forward_hook(
             lambda _module, _args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
