@@ -14,7 +14,8 @@
 --full-size (GPU): the real architecture with random bf16 weights materialized on the GPU (no download),
   1024x1024, 8 steps, for each memory mode (balanced and low with the budget of a 16 GB and a 12 GB card):
   per-stage latency, end-to-end latency, peak VRAM (torch.cuda.max_memory_allocated) and our estimate, as
-  JSON on stdout. `--modes full,low` runs a subset. That part lives in scripts/bench_full_size.py.
+  JSON on stdout. `--modes full,low` runs a subset; `--compile-blocks` measures with torch.compile'd blocks (the
+  `compile_blocks` setting). That part lives in scripts/bench_full_size.py.
 """
 
 from __future__ import annotations
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="--compare-diffusers: torch threads of each worker (default: torch's default)")
     parser.add_argument("--modes", default="full,balanced,low", help="--full-size: comma-separated memory modes")
+    parser.add_argument("--compile-blocks", action="store_true",
+                        help="--full-size: torch.compile the transformer blocks (warmup_s then includes compiling)")
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prompt", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare_diffusers(args.repeats, args.threads)
     from bench_full_size import full_size  # scripts/ is on sys.path when this file runs as a script
 
-    return full_size([m.strip() for m in args.modes.split(",") if m.strip()], args.repeats)
+    return full_size([m.strip() for m in args.modes.split(",") if m.strip()], args.repeats, args.compile_blocks)
 
 
 if __name__ == "__main__":

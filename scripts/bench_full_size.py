@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from bench import PROMPT_TOKENS, STAGES, STEPS, _prompt_of, _tiny_model_script
+from model.compile import compile_repeated_blocks
 from model.config import TransformerConfig
 from model.request import GenerationRequest
 from model.vae import VAEConfig
@@ -98,8 +99,10 @@ def _run_mode(mode: str, components, tokenizer, device, runs: int) -> dict:
     engine = Engine(None, prompt_encoder, components["transformer"], components["vae"], memory, torch.bfloat16)
     request = GenerationRequest(prompt=_prompt_of(tokenizer, PROMPT_TOKENS), width=GPU_SIZE, height=GPU_SIZE,
                                 steps=STEPS)
-    engine.generate(request)  # warm-up: kernels, allocator, cuDNN autotuning
+    started = time.perf_counter()
+    engine.generate(request)  # warm-up: kernels, allocator, cuDNN autotuning, compilation with compile_blocks
     torch.cuda.synchronize()
+    warmup = time.perf_counter() - started
     torch.cuda.reset_peak_memory_stats()
     timings = []
     for seed in range(runs):
@@ -111,14 +114,15 @@ def _run_mode(mode: str, components, tokenizer, device, runs: int) -> dict:
         timings.append({**result.timings, "total": time.perf_counter() - started})
     tokens = engine.count_tokens(request.prompt)
     estimate = estimate_peak(memory.plan, memory.footprints, RequestShape.from_request(request, tokens), memory.dims)
-    return {"plan": memory.plan.describe(), "runs": runs, "syncs_per_step": _syncs_per_step(engine, request),
+    return {"plan": memory.plan.describe(), "runs": runs, "warmup_s": warmup,
+            "syncs_per_step": _syncs_per_step(engine, request),
             "median_s": {k: statistics.median(t[k] for t in timings) for k in STAGES},
             "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30,
             "estimated_peak_gib": estimate.total_bytes / 2**30,
             "estimated_stages_gib": {k: v / 2**30 for k, v in estimate.stages.items()}}
 
 
-def full_size(modes: list[str], runs: int) -> int:
+def full_size(modes: list[str], runs: int, compile_blocks: bool = False) -> int:
     if not torch.cuda.is_available():
         print("--full-size needs a CUDA GPU (none is visible to torch); use --compare-diffusers on a CPU machine",
               file=sys.stderr)
@@ -130,7 +134,7 @@ def full_size(modes: list[str], runs: int) -> int:
     device = torch.device("cuda")
     tokenizer = _tiny_model_script().build_tokenizer()
     report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "size": GPU_SIZE,
-              "steps": STEPS, "dtype": "bfloat16", "modes": {}}
+              "steps": STEPS, "dtype": "bfloat16", "compile_blocks": compile_blocks, "modes": {}}
     transformer = None
     # "low" quantizes the transformer in place, so it runs last; the others reuse one transformer.
     for mode in sorted(modes, key=lambda m: m == "low"):
@@ -138,6 +142,8 @@ def full_size(modes: list[str], runs: int) -> int:
         components = None
         try:
             components = _full_size_components(device, transformer)
+            if compile_blocks and transformer is None:  # in place, once: later modes reuse the compiled blocks
+                compile_repeated_blocks(components["transformer"])
             transformer = components["transformer"]
             setup = time.perf_counter() - started
             report["modes"][mode] = {"setup_s": setup, **_run_mode(mode, components, tokenizer, device, runs)}
