@@ -96,8 +96,9 @@ class Engine:
         components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
         if device.type == "cpu":  # oneDNN float32 linears, channels-last convolutions (model.cpu_kernels)
             switched = sum(use_cpu_kernels(component) for component in components.values())
-            logger.info("CPU kernels: %d linear layers use oneDNN for float32, convolutions are channels-last",
-                        switched)
+            if switched:  # 0 where the choices do not apply (not x86-64, or no mkldnn)
+                logger.info("CPU kernels: %d linear layers use oneDNN for float32, convolutions are channels-last",
+                            switched)
         memory = MemoryManager(memory_mode, device, components)
         if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
             compile_repeated_blocks(transformer)

@@ -67,7 +67,7 @@ def test_bf16_and_gradient_calls_keep_f_linear():
     x = torch.randn(4, 96, requires_grad=True)
     ops = _ops_called(lambda: layer(x).sum().backward())
     assert ONEDNN_OP not in ops  # the oneDNN op has no backward; training-style calls stay on autograd's path
-    reference = torch.randn(4, 96).copy_(x.detach()).requires_grad_()
+    reference = x.detach().clone().requires_grad_()
     F.linear(reference, layer.weight.detach(), layer.bias.detach()).sum().backward()
     assert torch.equal(x.grad, reference.grad)
 
