@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from app.loras import SCALE_RANGE, list_lora_names, lora_path
-from model.lora import file_sha256
+from model.lora.manager import file_sha256
 
 MAX_UI_LORAS = 3
 SLOTS = tuple(range(1, MAX_UI_LORAS + 1))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from app.errors import ServiceError, out_of_range
-from model.lora import file_sha256
+from model.lora.manager import file_sha256
 from model.request import LoraSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -1,4 +1,4 @@
-"""Size presets by aspect ratio in the 1024, 1280 and 1536 classes (model-spec 5.5, the official Space)."""
+"""Size presets by aspect ratio in the 1024, 1280 and 1536 classes (the official Tongyi-MAI Z-Image Space's resolution list)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from app.settings import Settings
 from app.validation import MAX_SEED, check_prompt_tokens, check_request
 from model.errors import GenerationCancelled, InvalidRequestError
 from model.errors import OutOfMemoryError as EngineOutOfMemory
-from model.lora import LoraError
+from model.lora.manager import LoraError
 from model.request import GenerationRequest, StepProgress
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from model.options import ATTENTION_BACKENDS, MEMORY_MODES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "app.toml"
 ENV_PREFIX = "ZIMAGE_"
@@ -16,8 +18,6 @@ ENV_PREFIX = "ZIMAGE_"
 DEVICES = ("auto", "cpu", "cuda")
 # float16 is not offered: the DiT's activations overflow it (black / NaN images); bf16 has the range.
 DTYPES = ("bfloat16", "float32")
-MEMORY_MODES = ("auto", "full", "balanced", "low")  # model.memory.MEMORY_MODES, kept here so settings load without torch
-ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")

@@ -1,4 +1,8 @@
-"""Z-Image-Turbo inference engine: S3-DiT transformer, Qwen3 text encoding, Flux VAE, sampler."""
+"""Z-Image-Turbo inference engine: S3-DiT transformer, Qwen3 text encoding, Flux VAE, sampler.
+
+The request/result types, errors and options import without torch; `Engine` (which needs torch and
+loads the network code) is imported on first use, so `import model.request` stays cheap for the app.
+"""
 
 from model.errors import (
     CheckpointError,
@@ -10,8 +14,6 @@ from model.errors import (
 from model.request import GenerationRequest, GenerationResult, LoraSpec, StepProgress
 
 __version__ = "0.1.0"
-
-from model.engine import Engine  # noqa: E402  (engine reads __version__ lazily; import has no side effects)
 
 __all__ = [
     "CheckpointError",
@@ -26,3 +28,11 @@ __all__ = [
     "ZImageError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Engine":
+        from model.engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

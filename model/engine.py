@@ -2,13 +2,13 @@
 
 generate() runs these phases, each a method below:
 validate -> encode prompt (cached) -> noise / reference latents -> sigmas -> denoise (per-step callback,
-cancellable) -> VAE decode -> PIL images. Stage placement goes through model.memory.MemoryManager only.
+cancellable) -> VAE decode -> PIL images. Stage placement goes through model.memory.manager.MemoryManager only.
 
 Precision: the transformer and text encoder run in the engine dtype (bf16 by default); latents, sigmas and
 guidance math in fp32; the VAE in the engine dtype too unless `vae_dtype` says otherwise (diffusers'
 pipeline decodes in its own dtype as well; a bf16 decode halves the VAE's activations, which is what lets
 a 1024x1024 image decode whole beside the resident transformer on a 16 GB card). Above
-`vae_tile_threshold`, or when the memory admission asks for it, the VAE works in bands (model.vae_tiling).
+`vae_tile_threshold`, or when the memory admission asks for it, the VAE works in bands (model.network.vae_tiling).
 """
 
 from __future__ import annotations
@@ -24,22 +24,22 @@ from PIL import Image
 
 import model
 from model import sampler
-from model.attention import get_attention_backend, set_attention_backend
-from model.compile import compile_repeated_blocks
-from model.cpu_kernels import use_cpu_kernels
+from model.network.attention import get_attention_backend, set_attention_backend
+from model.runtime.compile import compile_repeated_blocks
+from model.runtime.cpu_kernels import use_cpu_kernels
 from model.errors import InvalidRequestError
 from model.images import reference_tensor, to_pil_images
 from model.loading.layout import WeightsLayout, detect_layout
 from model.loading.text_encoder import load_text_encoder, load_tokenizer
 from model.loading.transformer import load_transformer
 from model.loading.vae import load_vae
-from model.lora import LoraManager
-from model.memory import MemoryManager
+from model.lora.manager import LoraManager
+from model.memory.manager import MemoryManager
 from model.request import GenerationRequest, GenerationResult, StepCallback
-from model.text_encoder import PromptEncoder, PromptFeatures
-from model.transformer import SEQ_MULTIPLE, ZImageTransformer
-from model.vae import DEFAULT_TILE, FluxVAE
-from model.vram import Admission
+from model.network.text_encoder import PromptEncoder, PromptFeatures
+from model.network.transformer import SEQ_MULTIPLE, ZImageTransformer
+from model.network.vae import DEFAULT_TILE, FluxVAE
+from model.memory.vram import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Engine:
         self.vae = vae
         self.memory = memory
         self.dtype = dtype
-        self.loras = LoraManager(transformer)  # the per-request LoRA set (model.lora)
+        self.loras = LoraManager(transformer)  # the per-request LoRA set (model.lora.manager)
         # Latent side (h or w) above which the VAE works in bands; default: beyond 1024 px.
         self.vae_tile_threshold = 128
 
@@ -94,13 +94,13 @@ class Engine:
         transformer = load_transformer(layout.transformer, dtype=dtype)
         vae = load_vae(layout.vae, dtype=vae_dtype or dtype)
         components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
-        if device.type == "cpu":  # oneDNN float32 linears, channels-last convolutions (model.cpu_kernels)
+        if device.type == "cpu":  # oneDNN float32 linears, channels-last convolutions (model.runtime.cpu_kernels)
             switched = sum(use_cpu_kernels(component) for component in components.values())
             if switched:  # 0 where the choices do not apply (not x86-64, or no mkldnn)
                 logger.info("CPU kernels: %d linear layers use oneDNN for float32, convolutions are channels-last",
                             switched)
         memory = MemoryManager(memory_mode, device, components)
-        if compile_blocks:  # optional torch.compile of the repeated blocks (model.compile); off by default
+        if compile_blocks:  # optional torch.compile of the repeated blocks (model.runtime.compile); off by default
             compile_repeated_blocks(transformer)
         logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,
                     time.perf_counter() - started)
@@ -227,7 +227,7 @@ class Engine:
 
     def _admit(self, request: GenerationRequest) -> Admission:
         """Estimated peak device memory of `request` against what is free: OutOfMemoryError when it
-        cannot run; otherwise whether to decode in tiles and in what batch chunks (model.vram)."""
+        cannot run; otherwise whether to decode in tiles and in what batch chunks (model.memory.vram)."""
         prompts = [request.prompt] + ([request.negative_prompt] if request.guidance > 0 else [])
         tokens = min(max(self.count_tokens(p) for p in prompts), request.max_sequence_length)
         admission = self.memory.admit(request, tokens)

@@ -1,6 +1,6 @@
 """Flow-matching sampling for Z-Image: sigma schedule, seeded noise, CFG and the Euler loop (pure functions).
 
-Conventions (model-spec 5): sigma runs from 1 (pure noise) to 0 (clean). The transformer receives
+Conventions (Tongyi-MAI/Z-Image `src/zimage/scheduler.py`, diffusers' `pipeline_z_image.py`): sigma runs from 1 (pure noise) to 0 (clean). The transformer receives
 t = 1 - sigma and predicts x0 - noise; the sampler negates that before the Euler step
 x_next = x + (sigma_next - sigma) * (-v). Latents and all schedule math stay in fp32.
 """

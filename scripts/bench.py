@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import resource
@@ -38,9 +37,10 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from model.config import TransformerConfig  # noqa: E402
+from model.network.config import TransformerConfig  # noqa: E402
 from model.request import GenerationRequest  # noqa: E402
-from model.vae import VAEConfig  # noqa: E402
+from model.network.vae import VAEConfig  # noqa: E402
+from scripts.bench_common import PROMPT_TOKENS, STAGES, STEPS, prompt_of  # noqa: E402
 
 logger = logging.getLogger("bench")
 
@@ -50,27 +50,18 @@ MID_QWEN = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, 
                 intermediate_size=3072, rms_norm_eps=1e-6, max_position_embeddings=4096, tie_word_embeddings=True,
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
 MID_VAE = VAEConfig(block_out_channels=(128, 256, 256, 256), layers_per_block=2, norm_num_groups=32)
-CPU_SIZE, STEPS, PROMPT_TOKENS = 512, 8, 40
-STAGES = ("text_encoding", "denoising", "vae_decode", "total")
+CPU_SIZE = 512
 CPU_STAGES = (*STAGES, "total_cpu")  # total_cpu: process CPU seconds, less sensitive to other load
-
-
-def _tiny_model_script():
-    """scripts/make_tiny_model.py as a module: its bilingual BPE tokenizer and layout writer are reused here."""
-    spec = importlib.util.spec_from_file_location("make_tiny_model", REPO_ROOT / "scripts" / "make_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_mid_model(root: Path) -> str:
     """The mid-size random model in the Hugging Face layout; returns a prompt of PROMPT_TOKENS tokens."""
     from transformers import Qwen3Config, Qwen3Model
 
-    from model.transformer import ZImageTransformer
-    from model.vae import FluxVAE
+    from model.network.transformer import ZImageTransformer
+    from model.network.vae import FluxVAE
 
-    tiny = _tiny_model_script()  # its tokenizer and Hugging Face layout writer are reused
+    from model import tiny_model as tiny  # its tokenizer and Hugging Face layout writer are reused
     tokenizer = tiny.build_tokenizer()
     torch.manual_seed(0)
     te_config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **MID_QWEN)
@@ -83,15 +74,7 @@ def write_mid_model(root: Path) -> str:
                 param.normal_(1.0 if "norm" in name else 0.0, 0.1)
     vae_sd = FluxVAE(MID_VAE).state_dict()
     tiny.write_hf(root, tokenizer, te_config, te_sd, MID_TRANSFORMER, transformer.state_dict(), vae_sd, MID_VAE)
-    return _prompt_of(tokenizer, PROMPT_TOKENS)
-
-
-def _prompt_of(tokenizer, tokens: int) -> str:
-    """A bilingual prompt cut to `tokens` tokens (the cut falls in the English part, so it decodes cleanly)."""
-    words = "一只猫坐在红色的沙发上, " + ("a watercolor painting of mountains at sunrise, a neon sign that says "
-                                   "hello world, city street at night in the rain, reflections, ") * 4
-    ids = tokenizer(words, add_special_tokens=False)["input_ids"][:tokens]
-    return tokenizer.decode(ids)
+    return prompt_of(tokenizer, PROMPT_TOKENS)
 
 
 # ------------------------------------------------------------------------------------ CPU workers
@@ -274,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args.worker, args.model_dir, args.prompt)
     if args.compare_diffusers:
         return compare_diffusers(args.repeats, args.threads)
-    from bench_full_size import full_size  # scripts/ is on sys.path when this file runs as a script
+    from scripts.bench_full_size import full_size
 
     return full_size([m.strip() for m in args.modes.split(",") if m.strip()], args.repeats, args.compile_blocks)
 

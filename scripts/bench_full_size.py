@@ -20,11 +20,12 @@ from dataclasses import replace
 
 import torch
 
-from bench import PROMPT_TOKENS, STAGES, STEPS, _prompt_of, _tiny_model_script
-from model.compile import compile_repeated_blocks
-from model.config import TransformerConfig
+from model.runtime.compile import compile_repeated_blocks
+from model.network.config import TransformerConfig
 from model.request import GenerationRequest
-from model.vae import VAEConfig
+from model.network.vae import VAEConfig
+from model.tiny_model import build_tokenizer
+from scripts.bench_common import PROMPT_TOKENS, STAGES, STEPS, prompt_of
 
 logger = logging.getLogger("bench.full_size")
 
@@ -48,8 +49,8 @@ def _full_size_components(device: torch.device, transformer=None):
     from transformers import Qwen3Config, Qwen3Model
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
-    from model.transformer import ZImageTransformer
-    from model.vae import FluxVAE
+    from model.network.transformer import ZImageTransformer
+    from model.network.vae import FluxVAE
 
     config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=35,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -89,15 +90,15 @@ def _syncs_per_step(engine, request: GenerationRequest) -> float:
 
 def _run_mode(mode: str, components, tokenizer, device, runs: int) -> dict:
     from model.engine import Engine
-    from model.memory import MemoryManager
-    from model.text_encoder import PromptEncoder
-    from model.vram import RequestShape, estimate_peak
+    from model.memory.manager import MemoryManager
+    from model.network.text_encoder import PromptEncoder
+    from model.memory.vram import RequestShape, estimate_peak
 
     budget = FULL_SIZE_BUDGETS_GIB[mode]
     memory = MemoryManager(mode, device, components, budget_bytes=None if budget is None else int(budget * 2**30))
     prompt_encoder = PromptEncoder(tokenizer, components["text_encoder"], max_cached=0)
     engine = Engine(None, prompt_encoder, components["transformer"], components["vae"], memory, torch.bfloat16)
-    request = GenerationRequest(prompt=_prompt_of(tokenizer, PROMPT_TOKENS), width=GPU_SIZE, height=GPU_SIZE,
+    request = GenerationRequest(prompt=prompt_of(tokenizer, PROMPT_TOKENS), width=GPU_SIZE, height=GPU_SIZE,
                                 steps=STEPS)
     started = time.perf_counter()
     engine.generate(request)  # warm-up: kernels, allocator, cuDNN autotuning, compilation with compile_blocks
@@ -132,7 +133,7 @@ def full_size(modes: list[str], runs: int, compile_blocks: bool = False) -> int:
         print(f"unknown mode(s) {unknown}; choose from {', '.join(FULL_SIZE_BUDGETS_GIB)}", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    tokenizer = _tiny_model_script().build_tokenizer()
+    tokenizer = build_tokenizer()
     report = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "size": GPU_SIZE,
               "steps": STEPS, "dtype": "bfloat16", "compile_blocks": compile_blocks, "modes": {}}
     transformer = None

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 
 import torch
 
-from model.config import Z_IMAGE_LATENT_CHANNELS, TransformerConfig
+from model.network.config import Z_IMAGE_LATENT_CHANNELS, TransformerConfig
 from model.errors import CheckpointError
 from model.loading.safetensors_io import assign_state_dict, find_weight_source, read_shapes, read_state_dict
-from model.transformer import ZImageTransformer
+from model.network.transformer import ZImageTransformer
 
 logger = logging.getLogger(__name__)
 

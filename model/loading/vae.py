@@ -10,7 +10,7 @@ import torch
 
 from model.errors import CheckpointError
 from model.loading.safetensors_io import assign_state_dict, count_numbered, read_state_dict
-from model.vae import FluxVAE, VAEConfig
+from model.network.vae import FluxVAE, VAEConfig
 
 logger = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def kohya_format(lora: dict[str, LowRank], alpha: float | None) -> dict[str, tor
 
 def comfy_format(lora: dict[str, LowRank], alpha: float | None) -> dict[str, torch.Tensor]:
     """ComfyUI/original names with `diffusion_model.`: fused `attention.qkv`, `attention.out`,
-    `x_embedder`, `final_layer` (model-spec 2.2)."""
+    `x_embedder`, `final_layer` (diffusers' `single_file_utils.convert_z_image_transformer_checkpoint_to_diffusers`)."""
     tensors = {}
     fused: dict[str, dict[str, LowRank]] = {}
     for name, pair in lora.items():

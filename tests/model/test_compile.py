@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.compile import compile_repeated_blocks
+from model.runtime.compile import compile_repeated_blocks
 from model.loading.transformer import load_transformer
 from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs, write_hf_transformer
 

@@ -1,4 +1,4 @@
-"""float32 CPU linears through oneDNN (model.cpu_kernels): which calls take that path, that their results
+"""float32 CPU linears through oneDNN (model.runtime.cpu_kernels): which calls take that path, that their results
 are float32-exact up to summation order, and that swapping the class keeps everything else working."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import profile
 
-from model.fp8 import Float8Linear
-from model.cpu_kernels import AVAILABLE, OneDNNLinear, use_cpu_kernels, use_onednn_linears
+from model.memory.fp8 import Float8Linear
+from model.runtime.cpu_kernels import AVAILABLE, OneDNNLinear, use_cpu_kernels, use_onednn_linears
 from model.loading.vae import load_vae
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="oneDNN linears are switched on only on x86-64 CPUs")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.fp8 import FP8_DTYPE, Float8Linear, fp8_weight_bytes, quantize_linears_fp8, quantize_rows
+from model.memory.fp8 import FP8_DTYPE, Float8Linear, fp8_weight_bytes, quantize_linears_fp8, quantize_rows
 from model.loading.safetensors_io import read_state_dict
 from model.loading.transformer import load_transformer
 from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs, write_hf_transformer

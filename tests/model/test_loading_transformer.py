@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.config import TransformerConfig
+from model.network.config import TransformerConfig
 from model.errors import CheckpointError
 from model.loading.safetensors_io import read_state_dict
 from model.loading.transformer import comfy_to_diffusers, diffusers_to_comfy, load_transformer
-from model.transformer import ZImageTransformer
+from model.network.transformer import ZImageTransformer
 from tests.model.tiny_transformer import (
     DIFFUSERS_WEIGHTS,
     random_state_dict,

@@ -8,7 +8,7 @@ import torch
 
 from model import Engine, GenerationRequest, LoraSpec
 from model.errors import InvalidRequestError
-from model.lora import LoraError
+from model.lora.manager import LoraError
 from tests.model.lora_writers import comfy_format, linear_shapes, peft_format, random_lora, write
 
 REQUEST = dict(prompt="a lighthouse 灯塔", seed=3, width=64, height=48, steps=3)
@@ -69,7 +69,7 @@ def test_bad_lora_is_refused_and_the_next_request_is_served(engine, loras, tmp_p
 
 
 def test_low_memory_mode_applies_and_removes_loras_on_fp8_layers(tiny_model_dir, loras):
-    """In `low` mode the block projections are fp8 (model.fp8) and get the runtime path; the
+    """In `low` mode the block projections are fp8 (model.memory.fp8) and get the runtime path; the
     numbers of that path are checked in test_lora_manager against merged dequantized weights."""
     low = Engine.from_pretrained(tiny_model_dir / "hf", device="cpu", dtype=torch.float32, memory_mode="low")
     fp8_weights = {k: v.clone() for k, v in low.transformer.state_dict().items()}

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from model.lora import LoraManager
-from model.lora_formats import build_lookup, resolve, split_key
+from model.lora.manager import LoraManager
+from model.lora.formats import build_lookup, resolve, split_key
 from model.request import LoraSpec
-from model.transformer import ZImageTransformer
+from model.network.transformer import ZImageTransformer
 from tests.model.lora_writers import (comfy_format, dot_format, kohya_format, linear_shapes, peft_format,
                                       random_lora, write)
 from tests.model.tiny_transformer import random_state_dict, tiny_config

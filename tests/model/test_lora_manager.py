@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from model.fp8 import Float8Linear, quantize_linears_fp8
-from model.lora import LoraError, LoraManager
+from model.memory.fp8 import Float8Linear, quantize_linears_fp8
+from model.lora.manager import LoraError, LoraManager
 from model.request import LoraSpec
-from model.transformer import ZImageTransformer
+from model.network.transformer import ZImageTransformer
 from tests.model.lora_writers import (kohya_format, linear_shapes, peft_format, random_lora,
                                       well_conditioned_state_dict, write)
 from tests.model.tiny_transformer import tiny_config, tiny_inputs

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.loading.transformer import load_transformer
-from model.lora import LoraManager
+from model.lora.manager import LoraManager
 from model.request import LoraSpec
 from tests.model.lora_writers import (kohya_format, linear_shapes, peft_format, random_lora,
                                       well_conditioned_state_dict, write)

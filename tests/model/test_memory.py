@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from model.fp8 import Float8Linear
-from model.memory import ON_DEMAND, RESIDENT, STREAMED, MemoryManager, measure_footprint, plan_placement
-from model.vram import REFERENCE_REQUEST, estimate_peak
+from model.memory.fp8 import Float8Linear
+from model.memory.manager import MemoryManager
+from model.memory.placement import ON_DEMAND, RESIDENT, STREAMED, measure_footprint
+from model.memory.planner import plan_placement
+from model.memory.vram import REFERENCE_REQUEST, estimate_peak
 from tests.model.zimage_footprints import GIB, real_dims, real_footprints
 
 

@@ -10,7 +10,7 @@ import torch
 from model.engine import Engine
 from model.errors import OutOfMemoryError
 from model.request import GenerationRequest
-from model.vram import RequestShape, estimate_peak
+from model.memory.vram import RequestShape, estimate_peak
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, Qwen3Model
 
 from model.errors import CheckpointError
 from model.loading.text_encoder import load_text_encoder, load_tokenizer
-from model.text_encoder import FALLBACK_TEMPLATE, PromptEncoder
+from model.network.text_encoder import FALLBACK_TEMPLATE, PromptEncoder
 
 PROMPTS = ["一只猫坐在红色的沙发上", "a neon sign that says hello world, 写着你好世界的霓虹灯招牌", "x"]
 

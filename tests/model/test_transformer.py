@@ -6,10 +6,10 @@ import diffusers  # the test oracle; product code never imports it
 import pytest
 import torch
 
-from model.config import TransformerConfig
+from model.network.config import TransformerConfig
 from model.loading.transformer import load_transformer
-from model.rope import apply_rope, caption_position_ids, image_position_ids, rope_table
-from model.transformer import ZImageTransformer
+from model.network.rope import apply_rope, caption_position_ids, image_position_ids, rope_table
+from model.network.transformer import ZImageTransformer
 from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs, write_hf_transformer
 
 

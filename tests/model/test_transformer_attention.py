@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import attention as attention_module
-from model.attention import attention, set_attention_backend
-from model.transformer import ZImageTransformer
+from model.network import attention as attention_module
+from model.network.attention import attention, set_attention_backend
+from model.network.transformer import ZImageTransformer
 from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs
 
 
@@ -111,7 +111,7 @@ def test_transformer_gives_the_same_result_with_flash_and_sdpa(monkeypatch):
 
 def test_backend_selection(monkeypatch, caplog):
     monkeypatch.setattr(attention_module, "_flash_installed", lambda: False)
-    with caplog.at_level(logging.INFO, logger="model.attention"):
+    with caplog.at_level(logging.INFO, logger="model.network.attention"):
         assert set_attention_backend("auto") == "sdpa"
         assert set_attention_backend("auto") == "sdpa"
     assert [r.getMessage() for r in caplog.records] == ["attention backend: sdpa (requested auto)"]
@@ -127,7 +127,7 @@ def test_backend_selection(monkeypatch, caplog):
 def test_flash_backend_falls_back_to_sdpa_for_cpu_tensors(monkeypatch, caplog):
     monkeypatch.setitem(attention_module._state, "backend", "flash")
     q, k, v = _qkv()
-    with caplog.at_level(logging.INFO, logger="model.attention"):
+    with caplog.at_level(logging.INFO, logger="model.network.attention"):
         out = attention(q, k, v, None)
         attention(q, k, v, None)
     torch.testing.assert_close(out[0], _per_sample(q, k, v, [40, 40])[0])

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from model.errors import CheckpointError
 from model.loading.vae import bfl_to_diffusers, diffusers_to_bfl, load_vae
-from model.vae import VAEConfig
+from model.network.vae import VAEConfig
 
 SCALE, SHIFT = 0.3611, 0.1159
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from model.errors import OutOfMemoryError
-from model.memory import plan_placement
+from model.memory.planner import plan_placement
 from model.request import GenerationRequest
-from model.vram import ModelDims, RequestShape, check_request, estimate_peak
+from model.memory.vram import ModelDims, RequestShape, check_request, estimate_peak
 from tests.model.zimage_footprints import GIB, real_dims, real_footprints
 
 MODES = ("full", "balanced", "low")

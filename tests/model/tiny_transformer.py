@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from model.config import TransformerConfig
+from model.network.config import TransformerConfig
 from model.loading.transformer import COMFY_PREFIX, diffusers_to_comfy
-from model.transformer import ZImageTransformer
+from model.network.transformer import ZImageTransformer
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -12,11 +12,11 @@ import functools
 import torch
 from transformers import Qwen3Config, Qwen3Model
 
-from model.config import TransformerConfig
-from model.memory import Footprint, measure_footprint
-from model.transformer import ZImageTransformer
-from model.vae import FluxVAE, VAEConfig
-from model.vram import ModelDims
+from model.network.config import TransformerConfig
+from model.memory.placement import Footprint, measure_footprint
+from model.network.transformer import ZImageTransformer
+from model.network.vae import FluxVAE, VAEConfig
+from model.memory.vram import ModelDims
 
 GIB = 2**30
 QWEN3_4B_AS_LOADED = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=35,

@@ -15,9 +15,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
+from model.options import ATTENTION_BACKENDS as BACKENDS
 
-BACKENDS = ("auto", "sdpa", "flash")
+logger = logging.getLogger(__name__)
 
 _state = {"backend": "sdpa", "logged": set()}
 

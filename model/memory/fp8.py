@@ -6,7 +6,7 @@ runs in the original dtype on the exactly-representable upcast weight, with the 
 output. That halves the weight memory of a bf16 model while keeping bf16 tensor-core compute.
 
 Why our own module rather than torchao's Float8WeightOnlyConfig: torchao 0.18 installs and runs on CPU,
-but its weights are tensor subclasses, which the block streaming in model.block_streaming (plain Parameter
+but its weights are tensor subclasses, which the block streaming in model.memory.streaming (plain Parameter
 swaps), the LoRA code (which patches weights) and the strict state-dict tools do not handle, and the GPU
 image ships another torch than ours; for weight-only fp8 it does the same dequantize-then-matmul as here.
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Mapping
 from torch import nn
 
 from model.errors import OutOfMemoryError
-from model.transformer import SEQ_MULTIPLE  # image and caption token counts are padded to this
-from model.vae import DEFAULT_TILE  # tiled decoding keeps at most (DEFAULT_TILE * 8)^2 pixels on the device
+from model.network.transformer import SEQ_MULTIPLE  # image and caption token counts are padded to this
+from model.network.vae import DEFAULT_TILE  # tiled decoding keeps at most (DEFAULT_TILE * 8)^2 pixels on the device
 
 if TYPE_CHECKING:
-    from model.memory import Footprint, PlacementPlan
+    from model.memory.placement import Footprint, PlacementPlan
     from model.request import GenerationRequest
 
 logger = logging.getLogger(__name__)

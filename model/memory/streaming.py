@@ -4,7 +4,7 @@ Forward hooks bring each block's tensors to the device just before it runs and d
 On CUDA the CPU copies are pinned and the block expected next is copied on a side stream while the
 current one computes, so transfers overlap compute; "expected next" is learned from the order in which
 blocks actually ran (so the first main layer follows the last one of the previous step).
-Used by model.memory only; nothing else moves modules between devices.
+Used by model.memory.manager only; nothing else moves modules between devices.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ model and a rank-32 LoRA on 271 layers (every attention, feed-forward and adaLN 
 activation took 7.3 s (12.3 GB copied to pinned host memory), each later switch 0.26-0.35 s, and
 merged inference has no overhead.
 
-Any other Linear-like module (the fp8 weight storage of the `low` memory mode, model.fp8) gets a
+Any other Linear-like module (the fp8 weight storage of the `low` memory mode, model.memory.fp8) gets a
 runtime low-rank path instead: a forward hook adding (x @ down_all^T) @ up_all^T. Merging would
 need a re-quantization per switch and would lose most of the update in e4m3 rounding; the hook
 keeps the fp8 weights untouched (same measurement: 0.07 s to activate, +17 % per forward).
@@ -32,7 +32,7 @@ from torch import nn
 
 from model.errors import CheckpointError
 from model.loading.safetensors_io import read_state_dict
-from model.lora_formats import SHOW_FIRST, ConvertedLora, LoraError, LowRankDelta, convert_lora
+from model.lora.formats import SHOW_FIRST, ConvertedLora, LoraError, LowRankDelta, convert_lora
 from model.request import LoraSpec
 
 logger = logging.getLogger(__name__)

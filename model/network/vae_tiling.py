@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from model.vae import Decoder, Encoder, ResnetBlock
+    from model.network.vae import Decoder, Encoder, ResnetBlock
 
 logger = logging.getLogger(__name__)
 

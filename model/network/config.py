@@ -13,7 +13,7 @@ import torch
 
 from model.errors import CheckpointError
 
-# What tensor shapes cannot tell: the published Z-Image constants (model-spec 1.1), as ComfyUI uses.
+# What tensor shapes cannot tell: the published Z-Image constants (Tongyi-MAI/Z-Image `src/config/model.py`), as ComfyUI uses.
 Z_IMAGE_ROPE_THETA = 256.0
 Z_IMAGE_AXES_DIMS = (32, 48, 48)
 Z_IMAGE_AXES_LENS = (1536, 512, 512)

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 512
-# Qwen3's template for one user message with thinking enabled renders exactly this (model-spec 3.2).
+# Qwen3's template for one user message with thinking enabled renders exactly this (Tongyi-MAI/Z-Image `src/zimage/pipeline.py`, diffusers' `pipeline_z_image.py`).
 FALLBACK_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 

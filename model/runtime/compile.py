@@ -12,7 +12,7 @@ import logging
 
 from torch import nn
 
-from model.block_streaming import repeated_blocks
+from model.memory.streaming import repeated_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.errors import CheckpointError
-from model.vae_tiling import decode_in_bands, encode_in_bands
+from model.network.vae_tiling import decode_in_bands, encode_in_bands
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class FluxVAE(nn.Module):
         return self.decoder(self.denormalize(z_norm.float()).to(self.dtype)).float()
 
     def decode_tiled(self, z_norm: torch.Tensor, tile: int = DEFAULT_TILE) -> torch.Tensor:
-        """`decode`, run in bands of at most (tile*8)^2 output pixels (model.vae_tiling): device memory
+        """`decode`, run in bands of at most (tile*8)^2 output pixels (model.network.vae_tiling): device memory
         stays bounded and the result equals the untiled decode up to float rounding. The image is
         assembled and returned on the CPU, where it is going anyway, so it never has to fit the device."""
         z = self.denormalize(z_norm.float()).to(self.dtype)

@@ -1,4 +1,6 @@
-"""The Z-Image S3-DiT (single-stream diffusion transformer); math as in model-spec 1.2-1.3.
+"""The Z-Image S3-DiT (single-stream diffusion transformer).
+
+Math as in Tongyi-MAI/Z-Image `src/zimage/transformer.py` and diffusers' `transformer_z_image.py`.
 
 Attribute names equal the diffusers checkpoint keys, so the Hugging Face layout loads without
 renaming. Call convention as diffusers: forward(x: list of (C, F, H, W), t: (B,) in [0, 1],
@@ -17,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from model.attention import attention
-from model.config import TransformerConfig
-from model.rope import apply_rope, cached_image_rope, caption_position_ids, check_positions_fit, rope_table
+from model.network.attention import attention
+from model.network.config import TransformerConfig
+from model.network.rope import apply_rope, cached_image_rope, caption_position_ids, check_positions_fit, rope_table
 
 SEQ_MULTIPLE = 32  # image and caption sequences are each padded to a multiple of this
 FREQUENCY_EMBEDDING_SIZE = 256

@@ -1,7 +1,7 @@
 """3-axis rotary position embedding (RoPE): pure functions, no module state.
 
 Tables are computed on demand from integer position ids and never registered as buffers, because
-`Module.to(bfloat16)` would silently destroy their precision (model-spec 1.2).
+`Module.to(bfloat16)` would silently destroy their precision.
 A table is a complex64 tensor (..., head_dim/2): one unit phasor per adjacent pair of q/k values,
 built and applied with the same complex arithmetic as the reference, so fp32 results agree to
 rounding.

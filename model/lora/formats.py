@@ -1,6 +1,6 @@
 """LoRA key formats: turn the tensors of a published LoRA file into low-rank updates of named modules.
 
-Every format people publish for Z-Image (model-spec section 6.4) names the same Linear layers in
+Every format people publish for Z-Image (diffusers' `lora_conversion_utils._convert_non_diffusers_z_image_lora_to_diffusers`, ComfyUI's `comfy/lora.py`) names the same Linear layers in
 a different spelling: diffusers/PEFT (`transformer.layers.0.attention.to_q.lora_A.weight`), kohya
 (`lora_unet_layers_0_attention_to_q.lora_down.weight` + `.alpha`), ComfyUI/original naming
 (`diffusion_model.layers.0.attention.qkv.lora_up.weight`, fused q/k/v and `attention.out`), LyCORIS
@@ -41,7 +41,7 @@ _KEY_PATTERNS = (
 _PREFIX_SIGNATURES = ("", "transformer_", "diffusion_model_", "model_diffusion_model_",
                       "base_model_model_", "lora_unet_", "lycoris_", "lora_transformer_", "unet_")
 
-# ComfyUI/original names of diffusers modules (model-spec 2.2), applied to module names only.
+# ComfyUI/original names of diffusers modules (diffusers' `single_file_utils.convert_z_image_transformer_checkpoint_to_diffusers`), applied to module names only.
 _COMFY_RENAMES = (
     (re.compile(r"^all_x_embedder\.\d+-\d+$"), "x_embedder"),
     (re.compile(r"^all_final_layer\.\d+-\d+\."), "final_layer."),

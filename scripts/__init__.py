@@ -1,0 +1,1 @@
+"""Command-line tools (setup, weights, tiny model, benchmarks, smoke run); importable for the tests."""
