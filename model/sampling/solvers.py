@@ -53,6 +53,7 @@ class EulerAncestral(Solver):
             return clean_estimate(x, flow, sigma)
         sigma_down = sigma_next * sigma_next / sigma
         alpha_next, alpha_down = 1.0 - sigma_next, 1.0 - sigma_down
+        # >= 0 because sigma_down <= sigma_next; max() only absorbs rounding.
         renoise = math.sqrt(max(sigma_next ** 2 - (sigma_down * alpha_next / alpha_down) ** 2, 0.0))
         x_down = x + (sigma_down - sigma) * flow
         return (alpha_next / alpha_down) * x_down + renoise * self.noise()
@@ -129,7 +130,7 @@ class DpmPP2M(_Multistep):
         return euler + (0.5 * (1.0 - sigma_next / sigma) * h / h_prev) * (x0 - x0_prev)
 
 
-_SOLVERS: dict[str, type[Solver]] = {
+SOLVERS: dict[str, type[Solver]] = {
     "euler": Euler,
     "euler_ancestral": EulerAncestral,
     "euler_stochastic": EulerStochastic,
@@ -140,4 +141,4 @@ _SOLVERS: dict[str, type[Solver]] = {
 
 def make_solver(name: str, sigmas: torch.Tensor, noise: NoiseFn | None = None) -> Solver:
     """The solver called `name` (a key of model.sampling.catalog.SAMPLERS) for one run over `sigmas`."""
-    return _SOLVERS[name](sigmas, noise)
+    return SOLVERS[name](sigmas, noise)

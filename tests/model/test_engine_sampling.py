@@ -8,6 +8,7 @@ import torch
 
 from model import Engine, GenerationRequest
 from model.errors import InvalidRequestError
+from model.memory.vram import Admission
 from model.sampling import catalog, seed_variety
 
 SIZE = dict(width=64, height=48)
@@ -92,3 +93,14 @@ def test_step_previews_through_the_engine(engine):
                     on_step=lambda progress: previews.append(progress.preview()))
     assert len(previews) == 3
     assert all(len(images) == 2 and images[0].size == (8, 6) for images in previews)
+
+
+def test_chunked_batch_keeps_each_images_step_noise_and_variety(engine, monkeypatch):
+    request = GenerationRequest(prompt="a red fox in snow", seed=40, batch_size=3, sampler="euler_stochastic",
+                                seed_variety=2.0, **SIZE)
+    whole = _pixels(engine.generate(request))
+    monkeypatch.setattr(engine, "_admit", lambda request: Admission(ok=True, needed_bytes=0, available_bytes=None,
+                                                                    batch_chunk=2))
+    chunked = _pixels(engine.generate(request))  # chunks of images [0, 1] and [2]
+    for a, b in zip(chunked, whole):
+        assert np.abs(a - b).max() <= 1

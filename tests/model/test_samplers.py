@@ -56,7 +56,7 @@ def run(name: str, x: torch.Tensor, sigmas: torch.Tensor, seeds=None, model=None
 
 def test_every_catalogue_entry_has_a_solver_and_one_call_per_step():
     assert catalog.DEFAULT_SAMPLER == "euler"
-    assert set(catalog.SAMPLERS) == set(solvers._SOLVERS)
+    assert set(catalog.SAMPLERS) == set(solvers.SOLVERS)
     for name, info in catalog.SAMPLERS.items():
         model = FakeVelocity()
         run(name, start_noise(), sampler.shifted_sigmas(STEPS), seeds=[SEED], model=model)
