@@ -6,6 +6,10 @@ difference in an update rule grows over the steps instead of hiding.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
@@ -61,6 +65,12 @@ def test_every_catalogue_entry_has_a_solver_and_one_call_per_step():
         model = FakeVelocity()
         run(name, start_noise(), sampler.shifted_sigmas(STEPS), seeds=[SEED], model=model)
         assert model.calls == info.calls_per_step * STEPS, name
+
+
+def test_catalogue_imports_without_torch():
+    # The doors list the choices and their costs without loading the engine.
+    code = "import sys, model.sampling.catalog; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_stochastic_sampler_refuses_to_run_without_one_seed_per_sample():
