@@ -104,3 +104,19 @@ def test_chunked_batch_keeps_each_images_step_noise_and_variety(engine, monkeypa
     chunked = _pixels(engine.generate(request))  # chunks of images [0, 1] and [2]
     for a, b in zip(chunked, whole):
         assert np.abs(a - b).max() <= 1
+
+
+def test_seed_variety_with_guidance_varies_the_positive_prompt_only(engine, monkeypatch):
+    varied_prompts = []
+    original = seed_variety.vary_features
+
+    def recording(features, image_seed, strength):
+        varied_prompts.append(features)
+        return original(features, image_seed, strength)
+
+    monkeypatch.setattr(seed_variety, "vary_features", recording)
+    plain = _image(engine, seed=8, guidance=3.0, negative_prompt="blurry")
+    varied = _image(engine, seed=8, guidance=3.0, negative_prompt="blurry", seed_variety=2.0)
+    positive = engine.prompt_encoder.encode("a red fox in snow", 512).features
+    assert len(varied_prompts) == 1 and torch.equal(varied_prompts[0], positive)
+    assert np.abs(varied - plain).mean() > 1
