@@ -61,10 +61,12 @@ COPY scripts /app/scripts
 COPY supervisor /app/supervisor
 
 # Weights: mounted at /app/weights (default) or downloaded into the image with BAKE_WEIGHTS=1.
+# /usr/local/bin/supervisorctl (ctl_wrapper.py, run as root here): `docker exec <name> supervisorctl status` works.
 RUN mkdir -p /app/weights /app/outputs /app/loras /app/supervisor/run \
     && if [ "$BAKE_WEIGHTS" = 1 ]; then \
          /app/.venv/bin/python /app/scripts/download_weights.py --layout "$WEIGHTS_LAYOUT" --dir /app/weights; \
        fi \
+    && /app/.venv/bin/python /app/supervisor/ctl_wrapper.py install --venv /app/.venv \
     && touch /var/log/z-image-turbo.log \
     && chown -R zimage:zimage /var/log/z-image-turbo.log /app/weights /app/outputs /app/loras /app/supervisor/run
 VOLUME ["/app/weights", "/app/outputs"]

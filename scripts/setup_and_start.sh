@@ -12,6 +12,7 @@
 #   ZIMAGE_VENV          virtualenv to create or reuse (default ./.venv)
 #   ZIMAGE_PYTHON        interpreter that creates it (default python3; 3.11 or newer)
 #   ZIMAGE_LOG_FILE      app log (default /var/log/z-image-turbo.log; falls back to supervisor/run/ if unwritable)
+#   ZIMAGE_BIN_DIR       where the `supervisorctl` command goes (default /usr/local/bin as root, else ~/.local/bin)
 #   ZIMAGE_DOWNLOAD      auto (default) | skip
 #   ZIMAGE_DOWNLOAD_LAYOUT comfy (default) | hf;  HF_ENDPOINT=https://hf-mirror.com for mainland China
 set -euo pipefail
@@ -133,9 +134,10 @@ Z-Image-Turbo is running under supervisord.
   Web UI:       http://$PROBE_HOST:$PORT   (model ready: $ready; it loads and warms up in the background)
   From your PC: ssh -N -L $PORT:127.0.0.1:$PORT $(id -un)@$(hostname)   then open http://127.0.0.1:$PORT
   Logs:         tail -f $LOG
-  Control:      $VENV/bin/supervisorctl -c supervisor/supervisord.conf status|stop|start|restart z-image-turbo
+  Control:      supervisorctl status|stop|start|restart z-image-turbo   (from any directory)
   Health:       curl http://$PROBE_HOST:$PORT/health/ready   (200 once the model is loaded)
-  Stop all:     $VENV/bin/supervisorctl -c supervisor/supervisord.conf shutdown
+  Stop all:     supervisorctl shutdown
+  Without PATH: $VENV/bin/supervisorctl -c $CONF status
 
 已在 supervisord 下运行。浏览器打开 http://127.0.0.1:$PORT（远程服务器请先用上面的 ssh -L 建立隧道）。
 日志：tail -f $LOG
@@ -153,6 +155,8 @@ fetch_weights
 prepare_log
 say "Writing supervisor/run/local.conf (venv, log file, ZIMAGE_* settings)"
 "$PY" supervisor/local_conf.py local --python "$PY" --log-file "$LOG"
+say "Putting a supervisorctl bound to this checkout on PATH"
+"$PY" supervisor/ctl_wrapper.py install --venv "$VENV" --bin-dir "${ZIMAGE_BIN_DIR:-}"
 
 if supervisord_running; then
   say "supervisord is already running: applying the new settings"

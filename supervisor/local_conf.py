@@ -28,7 +28,8 @@ LOCAL_CONF = SUPERVISOR_DIR / "run" / "local.conf"
 PROGRAM_SECTION = "program:z-image-turbo"
 WATCHDOG_SECTION = "eventlistener:z-image-turbo-watchdog"
 # Read by scripts/setup_and_start.sh only; the app never sees them.
-SETUP_ONLY_VARIABLES = {"ZIMAGE_VENV", "ZIMAGE_PYTHON", "ZIMAGE_LOG_FILE", "ZIMAGE_DOWNLOAD", "ZIMAGE_DOWNLOAD_LAYOUT"}
+SETUP_ONLY_VARIABLES = {"ZIMAGE_VENV", "ZIMAGE_PYTHON", "ZIMAGE_LOG_FILE", "ZIMAGE_DOWNLOAD", "ZIMAGE_DOWNLOAD_LAYOUT",
+                        "ZIMAGE_BIN_DIR"}
 
 
 def read_shipped() -> configparser.RawConfigParser:

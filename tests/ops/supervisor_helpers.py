@@ -86,7 +86,7 @@ class Supervisord:
         self.process = subprocess.Popen(
             [str(VENV_BIN / "supervisord"), "-n", "-c", str(self.config)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self._state() == "RUNNING", 30, "supervisord to answer on its socket")
+        wait_until(lambda: self._state() == "RUNNING", 60, "supervisord to answer on its socket")
         return self
 
     @property

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import xmlrpc.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 import pytest
 
@@ -26,6 +29,7 @@ class FakeSupervisor:
         self.after_kill = {"statename": "STARTING", "pid": 0, "start": 0, "now": 1000.0}
         self.calls: list[tuple] = []
         self.killed = False
+        self.faults: dict[str, xmlrpc.client.Fault] = {}  # method -> the fault it raises (a race we lose)
 
     def getProcessInfo(self, name: str) -> dict:
         if self.process is not None and self.process.poll() is not None:
@@ -34,11 +38,15 @@ class FakeSupervisor:
 
     def startProcess(self, name: str, wait: bool) -> bool:
         self.calls.append(("startProcess", name))
+        if "startProcess" in self.faults:
+            raise self.faults["startProcess"]
         return True
 
     def signalProcess(self, name: str, sig: str) -> bool:
         self.calls.append(("signalProcess", name, sig))
         self.killed = True
+        if "signalProcess" in self.faults:
+            raise self.faults["signalProcess"]
         return True
 
 
@@ -55,9 +63,10 @@ class Clock:
         return self.now
 
 
-def _watchdog(supervisor: FakeSupervisor, answers: list[str | None], clock: Clock, **options):
+def _watchdog(supervisor: FakeSupervisor, answers: list[str | None], clock: Clock,
+              listening: Callable[[], bool] = lambda: True, **options):
     settings = dict(program="z-image-turbo", url="http://x/health/live", timeout=1, interval=10, failures=3,
-                    grace=60)
+                    start_timeout=600)
     settings.update(options)
     probes: list[str] = []
 
@@ -66,7 +75,8 @@ def _watchdog(supervisor: FakeSupervisor, answers: list[str | None], clock: Cloc
         return answers.pop(0)
 
     dog = watchdog_module.HealthWatchdog(watchdog_module.WatchdogOptions(**settings), FakeRpc(supervisor),
-                                         probe_fn=probe, clock=clock)
+                                         probe_fn=probe, listening_fn=lambda url, timeout: listening(),
+                                         clock=clock)
     return dog, probes
 
 
@@ -113,16 +123,63 @@ def test_ticks_within_the_interval_do_not_probe() -> None:
     assert len(probes) == 2
 
 
-def test_no_probe_during_the_grace_period_or_when_not_running() -> None:
-    supervisor = FakeSupervisor(pid=os.getpid(), start=1000.0 - 30)  # up for 30 s, grace 60 s
+def test_not_probed_when_not_running() -> None:
+    supervisor = FakeSupervisor(pid=os.getpid())
+    supervisor.info.update(statename="BACKOFF", start=0.0)
     clock = Clock()
     dog, probes = _watchdog(supervisor, [], clock)
     clock.now += 10
     dog.on_tick()
-    supervisor.info.update(statename="BACKOFF", start=0.0)
+    assert probes == []
+
+
+def test_a_slow_start_is_not_probed_until_its_port_accepts_a_connection() -> None:
+    """However long the imports take (a loaded machine), a closed port before the first connection is no hang."""
+    supervisor = FakeSupervisor(pid=os.getpid(), start=1000.0)
+    port_open = {"now": False}
+    clock = Clock()
+    dog, probes = _watchdog(supervisor, ["refused", "refused", "refused"], clock,
+                            listening=lambda: port_open["now"])
+    for _ in range(50):  # 500 s of ticks with the port still closed
+        clock.now += 10
+        supervisor.info["now"] += 10
+        dog.on_tick()
+    assert probes == [] and dog.failures == 0
+    port_open["now"] = True
     clock.now += 10
     dog.on_tick()
-    assert probes == []
+    assert len(probes) == 1 and dog.failures == 1  # listening now: from here on failures count
+    port_open["now"] = False  # once it listened, a closed port is a failure like any other
+    clock.now += 10
+    dog.on_tick()
+    assert len(probes) == 2 and dog.failures == 2
+
+
+def test_a_restarted_process_has_to_open_its_port_again() -> None:
+    supervisor = FakeSupervisor(pid=os.getpid(), start=990.0)
+    port_open = {"now": True}
+    clock = Clock()
+    dog, probes = _watchdog(supervisor, ["timed out"], clock, listening=lambda: port_open["now"])
+    clock.now += 10
+    dog.on_tick()
+    assert dog.listening and dog.failures == 1
+    supervisor.info.update(pid=os.getpid() + 1, start=995.0)  # supervisord respawned it meanwhile
+    port_open["now"] = False
+    clock.now += 10
+    dog.on_tick()
+    assert len(probes) == 1 and dog.failures == 0 and not dog.listening
+
+
+def test_an_app_that_never_opens_its_port_is_killed_after_the_start_timeout(sleeper: subprocess.Popen) -> None:
+    supervisor = FakeSupervisor(pid=sleeper.pid, start=1000.0, process=sleeper)
+    clock = Clock()
+    dog, probes = _watchdog(supervisor, ["refused"] * 3, clock, listening=lambda: False, start_timeout=100)
+    while sleeper.poll() is None and clock.now < 1000:
+        clock.now += 10
+        supervisor.info["now"] += 10
+        dog.on_tick()
+    assert sleeper.poll() == -signal.SIGKILL
+    assert len(probes) == 3 and 100 <= supervisor.info["now"] - 1000.0 <= 130
 
 
 def test_unkillable_pid_falls_back_to_supervisord_and_starts_when_not_respawned() -> None:
@@ -133,6 +190,36 @@ def test_unkillable_pid_falls_back_to_supervisord_and_starts_when_not_respawned(
     clock.now += 10
     dog.on_tick()
     assert supervisor.calls == [("signalProcess", "z-image-turbo", "KILL"), ("startProcess", "z-image-turbo")]
+
+
+def test_losing_the_restart_race_to_supervisord_is_a_success(caplog: pytest.LogCaptureFixture) -> None:
+    """autorestart respawned it between our look and our startProcess: ALREADY_STARTED, no traceback."""
+    supervisor = FakeSupervisor(pid=2 ** 22 + 12345)
+    supervisor.after_kill = {"statename": "EXITED", "pid": 0, "start": 0, "now": 1000.0}
+    supervisor.faults["startProcess"] = xmlrpc.client.Fault(60, "ALREADY_STARTED: z-image-turbo")
+    supervisor.faults["signalProcess"] = xmlrpc.client.Fault(70, "NOT_RUNNING: z-image-turbo")
+    clock = Clock()
+    dog, _ = _watchdog(supervisor, ["timed out"], clock, failures=1)
+    clock.now += 10
+    with caplog.at_level("INFO", logger="health_watchdog"):
+        dog.on_tick()
+    assert supervisor.calls == [("signalProcess", "z-image-turbo", "KILL"), ("startProcess", "z-image-turbo")]
+    messages = [record.getMessage() for record in caplog.records]
+    assert "z-image-turbo is not running any more (NOT_RUNNING: z-image-turbo): nothing to do" in messages
+    assert "z-image-turbo was started by supervisord meanwhile (ALREADY_STARTED: z-image-turbo): nothing to do" \
+        in messages
+    assert not any(record.exc_info for record in caplog.records)
+
+
+def test_other_supervisord_faults_still_surface() -> None:
+    supervisor = FakeSupervisor(pid=2 ** 22 + 12345)
+    supervisor.after_kill = {"statename": "EXITED", "pid": 0, "start": 0, "now": 1000.0}
+    supervisor.faults["startProcess"] = xmlrpc.client.Fault(50, "SPAWN_ERROR: z-image-turbo")
+    clock = Clock()
+    dog, _ = _watchdog(supervisor, ["timed out"], clock, failures=1)
+    clock.now += 10
+    with pytest.raises(xmlrpc.client.Fault, match="SPAWN_ERROR"):
+        dog.on_tick()
 
 
 def test_probe_tells_ok_from_refused_503_and_silence() -> None:
@@ -159,6 +246,14 @@ def test_probe_tells_ok_from_refused_503_and_silence() -> None:
         server.server_close()
     refused = watchdog_module.probe(f"http://127.0.0.1:{free_port()}/health/live", 1.0)
     assert refused is not None and "refused" in refused.lower()
+
+
+def test_port_accepts_tells_a_listening_port_from_a_closed_one() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert watchdog_module.port_accepts(f"http://127.0.0.1:{listener.getsockname()[1]}/health/live", 1.0)
+    assert not watchdog_module.port_accepts(f"http://127.0.0.1:{free_port()}/health/live", 1.0)
 
 
 def test_it_refuses_to_run_outside_supervisord() -> None:

@@ -58,9 +58,19 @@ def test_every_variable_the_readme_names_exists() -> None:
 
 def test_operating_commands_match_the_supervisor_files() -> None:
     program = _program_section()
-    assert f"tail -f {program['stdout_logfile']}" in README
-    for action in ("status", "restart z-image-turbo", "stop z-image-turbo", "start z-image-turbo", "shutdown"):
-        assert f".venv/bin/supervisorctl -c supervisor/supervisord.conf {action}" in README
+    operating = README.split("## Operating", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", operating, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["supervisorctl status", "supervisorctl restart z-image-turbo", "supervisorctl stop z-image-turbo",
+                        "supervisorctl start z-image-turbo", "supervisorctl shutdown",
+                        f"tail -f {program['stdout_logfile']}"]
+    assert f"http://127.0.0.1:{Settings().port}" in operating
+    ctl_wrapper = load_script(REPO_ROOT / "supervisor" / "ctl_wrapper.py")
+    assert f"`{ctl_wrapper.default_bin_dir(uid=0)}/supervisorctl` when the" in operating
+    assert "`~/.local/bin/supervisorctl` otherwise" in operating
+    assert ".venv/bin/supervisorctl -c supervisor/supervisord.conf status" in operating
+    start_timeout = load_script(REPO_ROOT / "supervisor" / "health_watchdog.py").WatchdogOptions.start_timeout
+    assert f"or {start_timeout:.0f} s after the start without that" in operating
     assert f"stopwaitsecs={program['stopwaitsecs']}" in README and f"startsecs={program['startsecs']}" in README
 
 
@@ -93,6 +103,9 @@ def test_port_health_log_and_entrypoint() -> None:
                                    '"/app/supervisor/supervisord.conf"]')
     assert f"touch {_program_section()['stdout_logfile']}" in DOCKERFILE
     assert "USER zimage" in DOCKERFILE and "useradd -m -u 1000" in DOCKERFILE
+    # Run as root at build time, so the wrapper lands in /usr/local/bin for `docker exec ... supervisorctl`.
+    assert "/app/.venv/bin/python /app/supervisor/ctl_wrapper.py install --venv /app/.venv" in DOCKERFILE
+    assert DOCKERFILE.index("ctl_wrapper.py install") < DOCKERFILE.index("USER zimage")
 
 
 def _docker_commands(text: str, prefix: str = "") -> set[str]:

@@ -110,7 +110,7 @@ def test_watchdog_command_line_matches_its_parser() -> None:
     # The default URL comes from the app's own settings, so a port set by ZIMAGE_PORT is the one probed.
     options = watchdog.parse_args(["--program", "z-image-turbo"], {"ZIMAGE_PORT": "7999", "ZIMAGE_HOST": "0.0.0.0"})
     assert options.url == "http://127.0.0.1:7999/health/live"
-    assert (options.failures, options.interval, options.timeout, options.grace) == (3, 15.0, 10.0, 120.0)
+    assert (options.failures, options.interval, options.timeout, options.start_timeout) == (3, 15.0, 10.0, 600.0)
 
 
 def test_local_overrides_survive_supervisors_own_parser(shipped: Path) -> None:
