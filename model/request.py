@@ -37,6 +37,14 @@ class GenerationRequest:
     cfg_normalization: float = 0.0
     max_sequence_length: int = 512
     loras: tuple[LoraSpec, ...] = ()
+    # Inpainting: white = repaint, same size as reference_image (model.control.inpaint).
+    mask: "Image.Image | None" = None
+    # ControlNet Union (model.network.controlnet): a .safetensors path, the control image, how to turn it
+    # into a control map (model.control.preprocess.CONTROL_MODES) and one scale for every hint.
+    controlnet: str | None = None
+    control_image: "Image.Image | None" = None
+    control_mode: str = "map"
+    control_scale: float = 0.75
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ x_next = x + (sigma_next - sigma) * (-v). Latents and all schedule math stay in 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -105,8 +105,11 @@ def denoise(
     cfg_truncation: float = 1.0,
     cfg_normalization: float = 0.0,
     on_step: StepCallback | None = None,
+    after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Euler-integrate from sigmas[0] to sigmas[-1]: exactly one velocity call per step (len(sigmas)-1).
+
+    `after_step(latents, sigma reached)` may replace the latents after each step (inpainting's blend).
 
     `on_step` runs after every step with StepProgress(step, total, sigma reached); if it raises
     (e.g. GenerationCancelled) the loop stops there and the exception propagates.
@@ -121,6 +124,8 @@ def denoise(
         prediction = _velocity_step(velocity, latents, t.to(latents.device, non_blocking=True), scale,
                                     cfg_normalization)
         latents = latents + (sigma_next - sigma).to(latents.device, non_blocking=True) * (-prediction)
+        if after_step is not None:
+            latents = after_step(latents, sigma_next)
         if on_step is not None:
             on_step(StepProgress(step=i + 1, total=total, sigma=float(sigma_next)))
     return latents
