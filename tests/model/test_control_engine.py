@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from model import Engine, GenerationRequest, LoraSpec
 from model.control import inpaint
@@ -17,7 +18,7 @@ from model.errors import CheckpointError, InvalidRequestError
 from model.images import reference_tensor
 from model.memory.placement import RESIDENT, STREAMED, measure_footprint
 from model.memory.planner import plan_controlnet, plan_placement
-from model.memory.vram import REFERENCE_REQUEST, estimate_peak, RequestShape
+from model.memory.vram import REFERENCE_REQUEST, RequestShape, estimate_peak
 from model.network.config import TransformerConfig
 from model.network.controlnet import ControlNetLayout, ZImageControlNet
 from tests.model.lora_writers import linear_shapes, peft_format, random_lora, write
@@ -86,8 +87,6 @@ def test_control_fields_are_checked(engine, tiny_model_dir, tmp_path):
 
 
 def test_wrong_channel_count_file_is_a_checkpoint_error_and_the_engine_recovers(engine, tiny_model_dir, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     sd = load_file(_controlnet(tiny_model_dir, "1.0"))
     sd["control_all_x_embedder.2-1.weight"] = torch.zeros(engine.transformer.config.dim, 4 * 17)
     bad = tmp_path / "17-channels.safetensors"

@@ -21,16 +21,12 @@ from diffusers import ZImageControlNetModel, ZImageControlNetPipeline, ZImageInp
 from diffusers.pipelines.z_image import pipeline_z_image_inpaint
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import AutoTokenizer
 
-from model import Engine, GenerationRequest
+from model import GenerationRequest
 from model.loading.controlnet import load_controlnet
-from tests.model.test_engine_parity import _build_reference, _mode_instead_of_sample
-
-PROMPT = "一只猫坐在红色的沙发上, a cat on a red sofa"
-NEAR_PROMPT = PROMPT + "!"  # one character more
-WIDTH, HEIGHT = 64, 48
-STEPS = 8
+# The reference pipeline, its constants and the figures' report are test_engine_parity's.
+from tests.model.test_engine_parity import (  # noqa: F401 (reference is a fixture)
+    HEIGHT, NEAR_PROMPT, PROMPT, STEPS, WIDTH, _mode_instead_of_sample, _report, reference)
 CONTROLNET_CONFIGS = {  # tiny versions of the published configs for the 2-layer, 1-refiner reference
     "1.0": dict(control_layers_places=[0, 1], control_in_dim=16, add_control_noise_refiner=None),
     "2.0": dict(control_layers_places=[0, 1], control_refiner_layers_places=[0], control_in_dim=33,
@@ -38,16 +34,6 @@ CONTROLNET_CONFIGS = {  # tiny versions of the published configs for the 2-layer
     "2.1": dict(control_layers_places=[0, 1], control_refiner_layers_places=[0], control_in_dim=33,
                 add_control_noise_refiner="control_noise_refiner"),
 }
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir, tmp_path_factory):
-    """(diffusers components, our Engine loaded from the folder the pipeline saved)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir / "hf" / "tokenizer"))
-    pipe = _build_reference(tokenizer)
-    folder = tmp_path_factory.mktemp("control-reference")
-    pipe.save_pretrained(folder)
-    return pipe, Engine.from_pretrained(folder, device="cpu", dtype=torch.float32)
 
 
 def _random_image(seed: int) -> Image.Image:
@@ -63,15 +49,6 @@ def _mask() -> Image.Image:
 
 def _pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
-
-
-def _report(label: str, ours: np.ndarray, ref: np.ndarray, near: np.ndarray) -> None:
-    diff, moved = np.abs(ours - ref), np.abs(near - ref)
-    print(f"\n{label}: ours vs diffusers max {diff.max()} mean {diff.mean():.4f} (tolerance max 1); "
-          f"one-character prompt change moves the reference max {moved.max()} mean {moved.mean():.2f}")
-    assert diff.max() <= 1
-    assert diff.mean() < 0.05
-    assert moved.mean() > 1.0, "the prompt barely moves the reference: this test could not catch a text bug"
 
 
 def _diffusers_controlnet(version: str, transformer_dim: int = 256) -> ZImageControlNetModel:
