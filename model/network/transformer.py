@@ -259,14 +259,14 @@ class ZImageTransformer(nn.Module):
         adaln = self.t_embedder(t.float() * self.config.t_scale).to(self.dtype)  # (B, adaln_dim)
 
         image, image_rope, image_mask, counts = self._embed_images(x, context.lengths, patch_size, f_patch_size)
-        hints = control.refiner_hints(image, image_rope, image_mask, adaln) if control else {}
+        hints = control.refiner_hints(image, image_rope, image_mask, adaln) if control is not None else {}
         for i, block in enumerate(self.noise_refiner):
             image = block(image, image_rope, image_mask, adaln)
             if i in hints:
                 image = image + hints[i]
 
         unified, unified_rope, mask = self._unify(image, image_rope, counts, context)
-        hints = control.layer_hints(unified, unified_rope, mask, adaln) if control else {}
+        hints = control.layer_hints(unified, unified_rope, mask, adaln) if control is not None else {}
         for i, block in enumerate(self.layers):
             unified = block(unified, unified_rope, mask, adaln)
             if i in hints:
