@@ -140,6 +140,15 @@ def test_inpainting_keeps_the_reference_latents_outside_the_mask(engine, monkeyp
     assert (decoded[0] - decoded[1])[~keep.expand_as(decoded[0])].abs().mean() > 0.1
 
 
+def test_inpainting_a_batch_gives_each_seed_its_own_image(engine):
+    """The blend re-noises the reference with each image's own noise (seed + i), also in batch chunks."""
+    fields = dict(reference_image=_image(3), mask=_mask(), strength=0.7)
+    batch = engine.generate(GenerationRequest(**{**BASE, "seed": 8, "batch_size": 2}, **fields))
+    alone = engine.generate(GenerationRequest(**{**BASE, "seed": 9}, **fields))
+    assert np.abs(np.asarray(batch.images[1], dtype=np.int16) - _pixels(alone)).max() <= 1
+    assert np.abs(np.asarray(batch.images[0], dtype=np.int16) - _pixels(alone)).mean() > 1.0
+
+
 def test_loras_still_work_with_a_controlnet(engine, tiny_model_dir, tmp_path):
     shapes = linear_shapes(engine.transformer)
     tensors, metadata = peft_format(random_lora(shapes, 4, seed=41), alpha=4.0)

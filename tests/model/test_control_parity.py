@@ -101,10 +101,11 @@ def test_controlnet_1_0_matches_diffusers(reference, tmp_path):
     control_pipe.set_progress_bar_config(disable=True)
     control = _random_image(4)
 
-    def theirs(prompt: str, scale: float = 0.75) -> np.ndarray:
+    def theirs(prompt: str, scale: float = 0.75, **kwargs) -> np.ndarray:
         return _pixels(control_pipe(prompt, control_image=control, controlnet_conditioning_scale=scale,
-                                    width=WIDTH, height=HEIGHT, num_inference_steps=STEPS, guidance_scale=0.0,
-                                    generator=torch.Generator("cpu").manual_seed(7)).images[0])
+                                    width=WIDTH, height=HEIGHT, num_inference_steps=STEPS,
+                                    generator=torch.Generator("cpu").manual_seed(7),
+                                    **{"guidance_scale": 0.0, **kwargs}).images[0])
 
     ours = _pixels(engine.generate(GenerationRequest(prompt=PROMPT, width=WIDTH, height=HEIGHT, steps=STEPS,
                                                      seed=7, controlnet=path, control_image=control,
@@ -114,6 +115,13 @@ def test_controlnet_1_0_matches_diffusers(reference, tmp_path):
     moved = np.abs(without - ref)
     print(f"ControlNet 1.0: scale 0.75 vs 0 moves the reference max {moved.max()} mean {moved.mean():.2f}")
     assert moved.mean() > 1.0, "the ControlNet barely acts: this test could not catch a ControlNet bug"
+    # With CFG the ControlNet runs on the doubled batch (positive and negative captions of other lengths).
+    guided = _pixels(engine.generate(GenerationRequest(prompt=PROMPT, width=WIDTH, height=HEIGHT, steps=STEPS,
+                                                       seed=7, guidance=4.0, negative_prompt="模糊, blurry",
+                                                       controlnet=path, control_image=control)).images[0])
+    _report("ControlNet 1.0 with guidance 4", guided,
+            theirs(PROMPT, guidance_scale=4.0, negative_prompt="模糊, blurry"),
+            theirs(NEAR_PROMPT, guidance_scale=4.0, negative_prompt="模糊, blurry"))
 
 
 class _Recorder:
