@@ -160,7 +160,7 @@ class Engine:
         return self.prompt_encoder.count_tokens(prompt)
 
     def describe(self) -> dict:
-        """Layout, weight files, dtype, device, attention backend, memory mode, software version."""
+        """Layout, weight files, dtype, device, attention backend, memory mode, version, loaded ControlNet."""
         cfg = self.transformer.config
         return {
             "layout": self.layout.kind,
@@ -174,7 +174,16 @@ class Engine:
             "version": model.__version__,
             "transformer": {"dim": cfg.dim, "layers": cfg.n_layers, "heads": cfg.n_heads},
             "max_side": self.max_side(),
+            "controlnet": self._describe_controlnet(),
         }
+
+    def _describe_controlnet(self) -> dict | None:
+        """The ControlNet in memory (the last one a request named): file, version, inputs, placement."""
+        net = self.memory.components.get("controlnet")
+        if net is None or self._controlnet_key is None:
+            return None
+        return {"path": self._controlnet_key[0], "version": net.layout.label, "inpainting": net.layout.takes_mask,
+                "residency": self.memory.plan.component("controlnet").residency}
 
     def max_side(self) -> int:
         """Largest width/height in pixels the RoPE tables can address."""

@@ -54,7 +54,8 @@ class ControlNetLayout:
     @property
     def label(self) -> str:
         """'1.0', '2.0', '2.1', '2.1-lite' for the published files; the layer count for others."""
-        return _PUBLISHED.get((self.version, self.n_layers), f"{self.version} ({self.n_layers} control layers)")
+        plural = "" if self.n_layers == 1 else "s"
+        return _PUBLISHED.get((self.version, self.n_layers), f"{self.version} ({self.n_layers} control layer{plural})")
 
     @property
     def takes_mask(self) -> bool:

@@ -204,3 +204,6 @@ def test_a_new_controlnet_file_replaces_the_one_in_memory(engine, tiny_model_dir
     assert second is not first and second.layout.n_layers == 1
     assert set(engine.memory.footprints) == {"text_encoder", "transformer", "vae", "controlnet"}
     assert engine.memory.plan.component("controlnet").residency == RESIDENT  # CPU: unbounded budget
+    info = engine.describe()["controlnet"]
+    assert info["path"].endswith("tiny-controlnet-union-2.1-lite.safetensors") and info["inpainting"]
+    assert info["version"] == "2.1 (1 control layer)" and info["residency"] == RESIDENT
