@@ -27,8 +27,12 @@ from model import sampler
 from model.network.attention import get_attention_backend, set_attention_backend
 from model.runtime.compile import compile_repeated_blocks
 from model.runtime.cpu_kernels import use_cpu_kernels
+from model.control import conditioning, inpaint
+from model.control.preprocess import preprocess
+from model.control.validation import validate_control, validate_control_inputs
 from model.errors import InvalidRequestError
-from model.images import reference_tensor, to_pil_images
+from model.images import cover_crop, reference_tensor, to_pil_images, to_rgb
+from model.loading.controlnet import load_controlnet
 from model.loading.layout import WeightsLayout, detect_layout
 from model.loading.text_encoder import load_text_encoder, load_tokenizer
 from model.loading.transformer import load_transformer
@@ -37,6 +41,7 @@ from model.lora.manager import LoraManager
 from model.memory.manager import MemoryManager
 from model.sampling import catalog, seed_variety
 from model.request import GenerationRequest, GenerationResult, StepCallback
+from model.network.controlnet import ZImageControlNet
 from model.network.text_encoder import PromptEncoder, PromptFeatures
 from model.network.transformer import SEQ_MULTIPLE, ZImageTransformer
 from model.network.vae import DEFAULT_TILE, FluxVAE
@@ -62,6 +67,7 @@ class Engine:
         self.memory = memory
         self.dtype = dtype
         self.loras = LoraManager(transformer)  # the per-request LoRA set (model.lora.manager)
+        self._controlnet_key: tuple | None = None  # (path, size, mtime) of the ControlNet in memory
         # Latent side (h or w) above which the VAE works in bands; default: beyond 1024 px.
         self.vae_tile_threshold = 128
 
@@ -114,23 +120,33 @@ class Engine:
         reference image, the image is scaled (aspect kept) to cover width x height and centre-cropped to
         exactly that size, encoded with the VAE posterior mode, and noised to the schedule's sigma at
         index int(steps - steps*strength): strength 1 ignores its content, 0.6 of 8 steps makes 5 calls.
+        With a mask too (white = repaint), every step puts the reference back outside the mask, noised
+        to the sigma reached (model.control.inpaint). With a ControlNet, its hints join the transformer
+        (model.network.controlnet); a 2.x ControlNet also gets the mask and the masked reference.
         Image i of a batch uses seed + i. on_step gets StepProgress after every call; if it raises
         (GenerationCancelled), the run stops there and no image is made.
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()
         self._validate(request)
+        controlnet = self._controlnet(request)  # before admission: its weights count
         admission = self._admit(request)  # before any work: refuse or adapt instead of running out of memory
         self.loras.activate(request.loras)  # before any transformer work; logs a report per LoRA
         with torch.inference_mode():
             with _timed(timings, "text_encoding"):
                 positive, negative = self._encode_prompts(request)
             sigmas = self._sigmas(request)
-            latents = self._initial_latents(request, sigmas[0], timings)
+            latents, noise, clean = self._initial_latents(request, sigmas[0], timings)
+            repaint = self._repaint_mask(request)
+            control = None if controlnet is None else self._control_context(request, controlnet, repaint, timings)
             chunk = admission.batch_chunk or request.batch_size  # smaller chunks only when memory says so
+            blends = ([None] * len(latents.split(chunk)) if repaint is None
+                      else inpaint.LatentBlend(repaint.to(self.device), clean, noise).split(chunk))
             with _timed(timings, "denoising"):
-                parts = [self._denoise(request, part, sigmas, positive, negative, on_step, request.seed + start)
-                         for start, part in zip(range(0, request.batch_size, chunk), latents.split(chunk))]
+                parts = [self._denoise(request, part, sigmas, positive, negative, on_step, request.seed + start,
+                                       control, blend)
+                         for start, part, blend in zip(range(0, request.batch_size, chunk), latents.split(chunk),
+                                                       blends)]
             with _timed(timings, "vae_decode"):
                 images = [image for part in parts for image in self._decode(part, admission.tiled_vae)]
         timings["total"] = time.perf_counter() - started
@@ -147,7 +163,7 @@ class Engine:
         return self.prompt_encoder.count_tokens(prompt)
 
     def describe(self) -> dict:
-        """Layout, weight files, dtype, device, attention backend, memory mode, software version."""
+        """Layout, weight files, dtype, device, attention backend, memory mode, version, loaded ControlNet."""
         cfg = self.transformer.config
         return {
             "layout": self.layout.kind,
@@ -161,7 +177,16 @@ class Engine:
             "version": model.__version__,
             "transformer": {"dim": cfg.dim, "layers": cfg.n_layers, "heads": cfg.n_heads},
             "max_side": self.max_side(),
+            "controlnet": self._describe_controlnet(),
         }
+
+    def _describe_controlnet(self) -> dict | None:
+        """The ControlNet in memory (the last one a request named): file, version, inputs, placement."""
+        net = self.memory.components.get("controlnet")
+        if net is None or self._controlnet_key is None:
+            return None
+        return {"path": self._controlnet_key[0], "version": net.layout.label, "inpainting": net.layout.takes_mask,
+                "residency": self.memory.plan.component("controlnet").residency}
 
     def max_side(self) -> int:
         """Largest width/height in pixels the RoPE tables can address."""
@@ -177,6 +202,28 @@ class Engine:
 
     def _validate(self, request: GenerationRequest) -> None:
         validate_request(request, self._pixel_multiple(), self.transformer.config.axes_lens)
+        validate_control(request)
+
+    def _controlnet(self, request: GenerationRequest) -> ZImageControlNet | None:
+        """The request's ControlNet, loaded (and placed) when it is not the one already in memory."""
+        if request.controlnet is None:
+            return None
+        path = Path(request.controlnet)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise InvalidRequestError(f"controlnet file {path} cannot be read ({exc.strerror}); pick an "
+                                      "existing ControlNet Union .safetensors file", field="controlnet") from None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key != self._controlnet_key:
+            self.memory.remove("controlnet")
+            self._controlnet_key = None
+            net = load_controlnet(path, self.transformer.config, dtype=self.dtype)
+            self.memory.add_controlnet(net)
+            self._controlnet_key = key
+        net = self.memory.components["controlnet"]
+        validate_control_inputs(request, net.layout)
+        return net
 
     def _pixel_multiple(self) -> int:
         return self.vae.downscale * self.transformer.config.all_patch_size[0]
@@ -195,42 +242,87 @@ class Engine:
             return sigmas
         return sigmas[sampler.img2img_start_index(request.steps, request.strength):]
 
-    def _initial_latents(self, request: GenerationRequest, sigma_start: torch.Tensor,
-                         timings: dict[str, float]) -> torch.Tensor:
-        """Seeded noise; with a reference image, its latents noised to the first sigma (img2img)."""
+    def _initial_latents(self, request: GenerationRequest, sigma_start: torch.Tensor, timings: dict[str, float]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(start latents, seeded noise, reference latents or None): with a reference image, its latents
+        noised to the first sigma (img2img)."""
         scale = self.vae.downscale
         shape = (self.vae.config.latent_channels, request.height // scale, request.width // scale)
-        noise = sampler.seeded_noise(request.seed, request.batch_size, shape)
+        noise = sampler.seeded_noise(request.seed, request.batch_size, shape).to(self.device)
         if request.reference_image is None:
-            return noise.to(self.device)
+            return noise, noise, None
         with _timed(timings, "vae_encode"):
             clean = self._encode_reference(request.reference_image, request.width, request.height)
-        return sampler.noise_latents(clean, noise.to(self.device), sigma_start.to(self.device))
+        return sampler.noise_latents(clean, noise, sigma_start.to(self.device)), noise, clean
+
+    def _repaint_mask(self, request: GenerationRequest) -> torch.Tensor | None:
+        """The request's mask on the latent grid [1,1,h,w] (1 = repaint), or None."""
+        if request.mask is None:
+            return None
+        scale = self.vae.downscale
+        pixels = inpaint.pixel_mask(request.mask, request.width, request.height)
+        return inpaint.latent_mask(pixels, request.height // scale, request.width // scale)
+
+    def _control_context(self, request: GenerationRequest, controlnet: ZImageControlNet,
+                         repaint: torch.Tensor | None, timings: dict[str, float]) -> torch.Tensor:
+        """The ControlNet input [C,1,h,w]: the preprocessed control image's latents, and for 2.x the
+        keep-mask and the masked reference's latents (model.control.conditioning)."""
+        width, height, scale = request.width, request.height, self.vae.downscale
+        control = keep = masked = None
+        with _timed(timings, "control_encode"):
+            if request.control_image is not None:
+                cropped = cover_crop(to_rgb(request.control_image), width, height)
+                control = self._encode_pixels(reference_tensor(preprocess(request.control_mode, cropped),
+                                                               width, height))
+            if controlnet.layout.takes_mask and repaint is not None:
+                keep = 1 - repaint
+                pixels = conditioning.masked_pixels(reference_tensor(request.reference_image, width, height),
+                                                    inpaint.pixel_mask(request.mask, width, height))
+                masked = self._encode_pixels(pixels)
+        return conditioning.control_context(controlnet.layout.in_channels, (height // scale, width // scale),
+                                            self.device, control, keep, masked)
 
     def _encode_reference(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         """Reference -> normalised latents [1,16,h,w] via the posterior mode (deterministic: the noise is
         the only random stream, so a seed means the same thing as in text-to-image)."""
-        pixels = reference_tensor(image, width, height)
+        return self._encode_pixels(reference_tensor(image, width, height))
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [1,3,H,W] in [-1, 1] -> normalised latents [1,16,h,w] (posterior mode)."""
+        height, width = pixels.shape[-2:]
         with self.memory.use("vae") as vae:
             if self._needs_tiles(height // vae.downscale, width // vae.downscale):
-                return vae.encode(pixels, tile=DEFAULT_TILE)  # bands: bounded device memory
+                return vae.encode(pixels, tile=DEFAULT_TILE).to(self.device)  # bands: bounded device memory
             return vae.encode(pixels.to(self.device))
 
     def _denoise(self, request: GenerationRequest, latents: torch.Tensor, sigmas: torch.Tensor,
-                 positive: PromptFeatures, negative: PromptFeatures | None,
-                 on_step: StepCallback | None, first_seed: int) -> torch.Tensor:
+                 positive: PromptFeatures, negative: PromptFeatures | None, on_step: StepCallback | None,
+                 first_seed: int, control: torch.Tensor | None = None,
+                 blend: inpaint.LatentBlend | None = None) -> torch.Tensor:
         seeds = [first_seed + i for i in range(latents.shape[0])]
-        with self.memory.use("transformer") as transformer:
-            velocity = _TransformerVelocity(transformer, [positive.features] * len(seeds), negative)
+        with self.memory.use("transformer") as transformer, self._control_branch(transformer, control,
+                                                                                   request.control_scale) as branch:
+            velocity = _TransformerVelocity(transformer, [positive.features] * len(seeds), negative, branch)
             varied = None
             if request.seed_variety > 0:  # per-image perturbed prompt for the early steps
                 varied = _TransformerVelocity(transformer, [seed_variety.vary_features(
-                    positive.features, seed, request.seed_variety) for seed in seeds], negative)
+                    positive.features, seed, request.seed_variety) for seed in seeds], negative, branch)
             return sampler.denoise(
                 velocity, latents, sigmas, guidance=request.guidance, cfg_truncation=request.cfg_truncation,
                 cfg_normalization=request.cfg_normalization, on_step=on_step, sampler=request.sampler,
                 noise_seeds=seeds, early_velocity=varied, early_steps=seed_variety.early_steps(len(sigmas) - 1),
+                after_step=blend,
             )
+
+    @contextmanager
+    def _control_branch(self, transformer: ZImageTransformer, control: torch.Tensor | None,
+                        scale: float) -> Iterator[object]:
+        """The ControlNet on the device with its branch for `control` latents, or None without one."""
+        if control is None:
+            yield None
+            return
+        with self.memory.use("controlnet") as controlnet:
+            yield controlnet.branch(transformer, control, scale)
 
     def _admit(self, request: GenerationRequest) -> Admission:
         """Estimated peak device memory of `request` against what is free: OutOfMemoryError when it
@@ -311,8 +403,9 @@ class _TransformerVelocity:
     """Velocity callable for the sampler: one transformer call on prepared caption contexts."""
 
     def __init__(self, transformer: ZImageTransformer, positives: list[torch.Tensor],
-                 negative: PromptFeatures | None):
+                 negative: PromptFeatures | None, control: object | None = None):
         self.transformer = transformer
+        self.control = control  # a ControlBranch (model.network.controlnet) or None
         self.captions = {False: positives}  # one caption per sample
         if negative is not None:
             self.captions[True] = positives + [negative.features] * len(positives)
@@ -322,7 +415,7 @@ class _TransformerVelocity:
         if guided not in self._contexts:
             self._contexts[guided] = self.transformer.prepare_context(self.captions[guided])
         inputs = list(x.to(self.transformer.dtype).unsqueeze(2).unbind(0))  # B x (16, 1, h, w)
-        out = self.transformer(inputs, t, context=self._contexts[guided])
+        out = self.transformer(inputs, t, context=self._contexts[guided], control=self.control)
         return torch.stack(out).squeeze(2).float()
 
 

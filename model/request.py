@@ -39,6 +39,14 @@ class GenerationRequest:
     loras: tuple[LoraSpec, ...] = ()
     sampler: str = "euler"  # a key of model.sampling.catalog.SAMPLERS
     seed_variety: float = 0.0  # x the prompt embedding's std, on the early steps (model.sampling.seed_variety)
+    # Inpainting: white = repaint, same size as reference_image (model.control.inpaint).
+    mask: "Image.Image | None" = None
+    # ControlNet Union (model.network.controlnet): a .safetensors path, the control image, how to turn it
+    # into a control map (model.control.preprocess.CONTROL_MODES) and one scale for every hint.
+    controlnet: str | None = None
+    control_image: "Image.Image | None" = None
+    control_mode: str = "map"
+    control_scale: float = 0.75
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -115,12 +115,14 @@ def denoise(
     noise_seeds: Sequence[int] | None = None,
     early_velocity: VelocityFn | None = None,
     early_steps: int = 0,
+    after_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate from sigmas[0] to sigmas[-1] with `sampler`: exactly one velocity call per step (len(sigmas)-1).
 
     Stochastic samplers draw their step noise for sample i from the stream of noise_seeds[i]
     (model.sampling.noise). `early_velocity`, when given, replaces `velocity` for the first `early_steps`
-    steps (seed variety). `on_step` runs after every step with StepProgress(step, total, sigma reached,
+    steps (seed variety). `after_step(latents, sigma reached)` may replace the latents after each step
+    (inpainting's blend). `on_step` runs after every step with StepProgress(step, total, sigma reached,
     preview); calling `preview()` renders the step's clean estimate, and nothing is computed when nobody
     calls it. If on_step raises (e.g. GenerationCancelled) the loop stops there and the exception propagates.
     """
@@ -142,6 +144,8 @@ def denoise(
                                     cfg_normalization)
         flow = -prediction
         seen, latents = latents, solver.step(i, latents, flow)
+        if after_step is not None:
+            latents = after_step(latents, sigmas[i + 1])
         if on_step is not None:
             on_step(StepProgress(step=i + 1, total=total, sigma=float(sigmas[i + 1]),
                                  preview=partial(step_preview, seen, flow, float(sigma))))

@@ -4,6 +4,8 @@
 
 OUT_DIR/hf/     model_index.json, transformer/, text_encoder/, tokenizer/, vae/, scheduler/ (diffusers reads it)
 OUT_DIR/comfy/  z_image_turbo_bf16.safetensors, qwen_3_4b.safetensors, ae.safetensors, tokenizer/
+OUT_DIR/controlnet/  tiny-controlnet-union-{1.0,2.0,2.1,2.1-lite}.safetensors (bf16, the published key layouts;
+                the Tile files share the 2.1 layout), made for the tiny transformer
 
 Built with this project's modules and transformers only. Deterministic (fixed seeds). Every weight is
 rounded to a bf16-representable value, so the bf16 ComfyUI files and the fp32 HF files hold identical
@@ -14,6 +16,7 @@ so that the prompt visibly changes the image, which keeps parity tests honest.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from model.network.config import TransformerConfig
+from model.network.controlnet import CONTROL_CHANNELS, INPAINT_CHANNELS, ControlNetLayout, ZImageControlNet
 from model.loading.transformer import diffusers_to_comfy
 from model.loading.vae import diffusers_to_bfl
 from model.network.transformer import ZImageTransformer
@@ -49,6 +53,8 @@ QWEN = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_
 # head_dim 128 with the real RoPE axes: the ComfyUI file carries no config, so its reader assumes them.
 TRANSFORMER = dict(dim=256, n_heads=2, n_kv_heads=2, n_layers=2, n_refiner_layers=1)
 VAE = VAEConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=32)
+# Control layers per tiny ControlNet for the 2-layer tiny transformer (published: 6, 15, 15, 3 of 30 layers).
+TINY_CONTROLNET_LAYERS = {"1.0": 2, "2.0": 2, "2.1": 2, "2.1-lite": 1}
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -102,6 +108,37 @@ def build_transformer(cap_feat_dim: int) -> tuple[TransformerConfig, dict[str, t
     return config, _bf16_exact(sd)
 
 
+def build_controlnet(version: str, config: TransformerConfig, n_layers: int,
+                     seed: int = SEED + 3) -> dict[str, torch.Tensor]:
+    """Random weights in the key layout of a published ControlNet Union `version` ('1.0', '2.0', '2.1',
+    '2.1-lite') for a transformer of `config`. The projections the real files start from zero are
+    random here (so a test can see the ControlNet act), except the unused 2.0 refiner projections,
+    which stay zero as in the published 2.0 file (that is how a 2.0 file is told from a 2.1 one)."""
+    family = version.split("-")[0]
+    layout = ControlNetLayout(
+        version="1.0" if family == "1.0" else "2.1",  # 2.0 files carry 2.1-shaped refiner blocks
+        in_channels=CONTROL_CHANNELS if family == "1.0" else INPAINT_CHANNELS, n_layers=n_layers,
+        n_refiner_layers=config.n_refiner_layers, layer_places=tuple(range(n_layers)), refiner_places=())
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in ZImageControlNet(config, layout).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    sd = {k: _tiny_transformer_tensor(k, shapes[k], gen) for k in sorted(shapes)}
+    if family == "2.0":
+        sd = {k: torch.zeros_like(v) if re.match(r"control_noise_refiner\.\d+\.(before|after)_proj\.", k) else v
+              for k, v in sd.items()}
+    return _bf16_exact(sd)
+
+
+def write_controlnets(root: Path, config: TransformerConfig) -> list[Path]:
+    """One tiny ControlNet file per published layout under `root` (bf16, as the published files)."""
+    paths = []
+    for index, (version, n_layers) in enumerate(TINY_CONTROLNET_LAYERS.items()):
+        path = root / f"tiny-controlnet-union-{version}.safetensors"
+        _save(build_controlnet(version, config, n_layers, seed=SEED + 3 + index), path, torch.bfloat16)
+        paths.append(path)
+    return paths
+
+
 def build_vae() -> dict[str, torch.Tensor]:
     torch.manual_seed(SEED + 2)
     return _bf16_exact(FluxVAE(VAE).state_dict())
@@ -152,7 +189,7 @@ def write_comfy(root: Path, tokenizer, te_sd, tr_sd, vae_sd) -> None:
 
 
 def build_tiny_model(out_dir: str | Path) -> Path:
-    """Write OUT_DIR/hf and OUT_DIR/comfy; returns OUT_DIR."""
+    """Write OUT_DIR/hf, OUT_DIR/comfy and OUT_DIR/controlnet; returns OUT_DIR."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     te_config, te_sd = build_text_encoder(len(tokenizer), tokenizer.pad_token_id)
@@ -160,5 +197,6 @@ def build_tiny_model(out_dir: str | Path) -> Path:
     vae_sd = build_vae()
     write_hf(out_dir / "hf", tokenizer, te_config, te_sd, tr_config, tr_sd, vae_sd)
     write_comfy(out_dir / "comfy", tokenizer, te_sd, tr_sd, vae_sd)
+    write_controlnets(out_dir / "controlnet", tr_config)
     return out_dir
 

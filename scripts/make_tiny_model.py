@@ -5,6 +5,7 @@
 
 OUT_DIR/hf/     model_index.json, transformer/, text_encoder/, tokenizer/, vae/, scheduler/ (diffusers reads it)
 OUT_DIR/comfy/  z_image_turbo_bf16.safetensors, qwen_3_4b.safetensors, ae.safetensors, tokenizer/
+OUT_DIR/controlnet/  tiny ControlNet Union files in the 1.0, 2.0, 2.1 and 2.1-lite layouts
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="folder to create (hf/ and comfy/ are written inside)")
     args = parser.parse_args(argv)
     build_tiny_model(args.out_dir)
-    print(f"tiny model written to {args.out_dir}/hf and {args.out_dir}/comfy")
+    print(f"tiny model written to {args.out_dir}/hf, {args.out_dir}/comfy and {args.out_dir}/controlnet")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from model.errors import OutOfMemoryError
 from model.memory.fp8 import quantize_linears_fp8
 from model.memory.placement import QUANTIZABLE, RESIDENT, STREAMED, ComponentPlan, measure_footprint
-from model.memory.planner import plan_placement
+from model.memory.planner import plan_controlnet, plan_placement
 from model.memory.streaming import BlockStreamer
 from model.memory.vram import REFERENCE_REQUEST, Admission, ModelDims, RequestShape, check_request, estimate_peak
 from model.request import GenerationRequest
@@ -75,9 +76,30 @@ class MemoryManager:
             offloaded.attach()
         self._offloaded[name] = offloaded
 
+    def add_controlnet(self, module: nn.Module) -> None:
+        """Place a ControlNet loaded after start (model.memory.planner.plan_controlnet); replaces any other."""
+        self.remove("controlnet")
+        self.components["controlnet"] = module
+        self.footprints["controlnet"] = measure_footprint(module)
+        self.plan = plan_controlnet(self.plan, self.footprints, self.dims)
+        placement = self.plan.component("controlnet")
+        logger.info("ControlNet placed: %s", placement.residency)
+        self._place("controlnet", module, placement)
+
+    def remove(self, name: str) -> None:
+        """Forget a component placed with add_controlnet; its weights go back to the CPU (then to the GC)."""
+        module = self.components.pop(name, None)
+        if module is None:
+            return
+        self.footprints.pop(name)
+        self._offloaded.pop(name, None)
+        self.plan = replace(self.plan, components={k: v for k, v in self.plan.components.items() if k != name})
+        module.to("cpu")
+
     def admit(self, request: GenerationRequest, text_tokens: int | None = None) -> Admission:
         """Admission of `request` against the memory this process can use on the device now."""
-        shape = RequestShape.from_request(request, text_tokens)
+        hints = getattr(self.components.get("controlnet"), "hint_count", 0)
+        shape = RequestShape.from_request(request, text_tokens, control_hints=hints)
         available = device_budget(self.device)
         if self.budget_cap is not None:
             available = self.budget_cap if available is None else min(available, self.budget_cap)

@@ -10,10 +10,15 @@ Modes:
 - low: the transformer's block projections stored in fp8 (bf16 compute), resident when that fits, else
   streamed block by block; the text encoder streamed; the VAE resident.
 - auto: the first of full, balanced, low whose estimated peak for a 1024x1024 image fits the budget.
+
+A ControlNet, loaded later for the requests that name one, joins the plan through `plan_controlnet`:
+resident in full mode, and in balanced mode when a 1024x1024 image still fits beside it; streamed
+block by block otherwise (and always in low mode).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 from model.memory.placement import ON_DEMAND, RESIDENT, STREAMED, ComponentPlan, Footprint, PlacementPlan
@@ -62,3 +67,12 @@ def plan_placement(mode: str, budget_bytes: int | None, footprints: Mapping[str,
         if _fits(plan, footprints, dims):
             return plan
     return plan  # nothing fits a 1024x1024 image: the smallest plan; admission refuses what cannot run
+
+
+def plan_controlnet(plan: PlacementPlan, footprints: Mapping[str, Footprint], dims: ModelDims | None = None,
+                    name: str = "controlnet") -> PlacementPlan:
+    """`plan` with the ControlNet (its footprint under `name` in `footprints`) placed as the module doc says."""
+    resident = replace(plan, components={**plan.components, name: ComponentPlan()})
+    if plan.mode == "full" or (plan.mode == "balanced" and _fits(resident, footprints, dims)):
+        return resident
+    return replace(plan, components={**plan.components, name: ComponentPlan(STREAMED)})

@@ -85,12 +85,16 @@ class RequestShape:
     reference_image: bool = False
     text_tokens: int = 512  # upper bound: max_sequence_length unless the caller counted the tokens
     tiled_vae: bool = False
+    control_hints: int = 0  # ControlNet hints held during one transformer call (0: no ControlNet)
 
     @classmethod
-    def from_request(cls, request: "GenerationRequest", text_tokens: int | None = None) -> "RequestShape":
+    def from_request(cls, request: "GenerationRequest", text_tokens: int | None = None,
+                     control_hints: int = 0) -> "RequestShape":
+        encodes = request.reference_image is not None or request.control_image is not None
         return cls(width=request.width, height=request.height, batch_size=request.batch_size,
-                   guidance=request.guidance, reference_image=request.reference_image is not None,
-                   text_tokens=text_tokens if text_tokens is not None else request.max_sequence_length)
+                   guidance=request.guidance, reference_image=encodes,
+                   text_tokens=text_tokens if text_tokens is not None else request.max_sequence_length,
+                   control_hints=control_hints if request.controlnet else 0)
 
     @property
     def uses_cfg(self) -> bool:
@@ -117,11 +121,12 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _weights_during(stage_component: str, plan: "PlacementPlan", footprints: Mapping[str, "Footprint"]) -> int:
+def _weights_during(stage_components: tuple[str, ...], plan: "PlacementPlan",
+                    footprints: Mapping[str, "Footprint"]) -> int:
     total = 0
     for name, footprint in footprints.items():
         placement = plan.component(name)
-        total += (placement.device_bytes_in_use(footprint) if name == stage_component
+        total += (placement.device_bytes_in_use(footprint) if name in stage_components
                   else placement.device_bytes_between_uses(footprint))
     return total
 
@@ -143,7 +148,9 @@ def denoising_activations(shape: RequestShape, dims: ModelDims, fp8: bool) -> in
     rope_and_mask = batch * seq * (dims.dim // 2) * 4 + (batch * seq * seq if batch > 1 else 0)
     latents = 4 * shape.batch_size * 16 * (shape.height // dims.vae_scale) * (shape.width // dims.vae_scale) * 4
     dequantized_weight = dims.ffn_dim * dims.dim * dims.act_bytes if fp8 else 0
-    return widest + rope_and_mask + latents + dequantized_weight
+    # A ControlNet computes its hints before the layers they join and holds them (one stream each).
+    hints = shape.control_hints * batch * seq * dims.dim * dims.act_bytes
+    return widest + rope_and_mask + latents + dequantized_weight + hints
 
 
 def vae_decode_activations(shape: RequestShape, dims: ModelDims) -> int:
@@ -170,12 +177,14 @@ def estimate_peak(plan: "PlacementPlan", footprints: Mapping[str, "Footprint"], 
     dims = dims or ModelDims()
     fp8 = plan.component("transformer").fp8
     stages = {
-        "text_encoding": _weights_during("text_encoder", plan, footprints) + text_encoding_activations(shape, dims),
-        "denoising": _weights_during("transformer", plan, footprints) + denoising_activations(shape, dims, fp8),
-        "vae_decode": _weights_during("vae", plan, footprints) + vae_decode_activations(shape, dims),
+        "text_encoding": _weights_during(("text_encoder",), plan, footprints) + text_encoding_activations(shape, dims),
+        # The ControlNet (when one is loaded) runs inside the transformer's calls.
+        "denoising": _weights_during(("transformer", "controlnet"), plan, footprints)
+        + denoising_activations(shape, dims, fp8),
+        "vae_decode": _weights_during(("vae",), plan, footprints) + vae_decode_activations(shape, dims),
     }
     if shape.reference_image:
-        stages["vae_encode"] = _weights_during("vae", plan, footprints) + vae_encode_activations(shape, dims)
+        stages["vae_encode"] = _weights_during(("vae",), plan, footprints) + vae_encode_activations(shape, dims)
     return VramEstimate({stage: bytes_ + WORKSPACE_BYTES for stage, bytes_ in stages.items()})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +162,25 @@ def _replace_pad_rows(embedded: torch.Tensor, real: int, pad_token: torch.Tensor
     return torch.cat([embedded[:real], pad_token.expand(len(embedded) - real, -1)])
 
 
+def patchify(latent: torch.Tensor, patch: int, f_patch: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(C, F, H, W) -> (N, pf*p*p*C) tokens in (f, h, w) raster order, features (pf, ph, pw, c)."""
+    channels, frames, height, width = latent.shape
+    grid = (frames // f_patch, height // patch, width // patch)
+    tokens = latent.reshape(channels, grid[0], f_patch, grid[1], patch, grid[2], patch)
+    tokens = tokens.permute(1, 3, 5, 2, 4, 6, 0)  # (F', H', W', pf, ph, pw, C)
+    return tokens.reshape(grid[0] * grid[1] * grid[2], -1), grid
+
+
+class ControlHints(Protocol):
+    """Per-layer additions from a ControlNet: {block index: tensor shaped like the stream}."""
+
+    def refiner_hints(self, image: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
+                      adaln: torch.Tensor) -> dict[int, torch.Tensor]: ...
+
+    def layer_hints(self, unified: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
+                    adaln: torch.Tensor) -> dict[int, torch.Tensor]: ...
+
+
 def _batch(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Zero-pad per-sample rows into a batch; the key mask is None when all lengths are equal."""
     lengths = [len(r) for r in rows]
@@ -219,8 +239,12 @@ class ZImageTransformer(nn.Module):
 
     def forward(self, x: list[torch.Tensor], t: torch.Tensor, cap_feats: list[torch.Tensor] | None = None,
                 context: CaptionContext | None = None, patch_size: int = 2,
-                f_patch_size: int = 1) -> list[torch.Tensor]:
-        """Velocity for each latent in `x`; pass `cap_feats` or a `context` from prepare_context."""
+                f_patch_size: int = 1, control: ControlHints | None = None) -> list[torch.Tensor]:
+        """Velocity for each latent in `x`; pass `cap_feats` or a `context` from prepare_context.
+
+        `control` (a ControlNet branch, model.network.controlnet) adds its hints to the stream right
+        after the noise-refiner and main layers it names.
+        """
         if context is None:
             if cap_feats is None:
                 raise ValueError("pass cap_feats or a context from prepare_context")
@@ -235,12 +259,18 @@ class ZImageTransformer(nn.Module):
         adaln = self.t_embedder(t.float() * self.config.t_scale).to(self.dtype)  # (B, adaln_dim)
 
         image, image_rope, image_mask, counts = self._embed_images(x, context.lengths, patch_size, f_patch_size)
-        for block in self.noise_refiner:
+        hints = control.refiner_hints(image, image_rope, image_mask, adaln) if control is not None else {}
+        for i, block in enumerate(self.noise_refiner):
             image = block(image, image_rope, image_mask, adaln)
+            if i in hints:
+                image = image + hints[i]
 
         unified, unified_rope, mask = self._unify(image, image_rope, counts, context)
-        for block in self.layers:
+        hints = control.layer_hints(unified, unified_rope, mask, adaln) if control is not None else {}
+        for i, block in enumerate(self.layers):
             unified = block(unified, unified_rope, mask, adaln)
+            if i in hints:
+                unified = unified + hints[i]
 
         out = self.all_final_layer[key](unified, adaln)  # (B, S, p*p*pf*C)
         return [self._unpatchify(out[i, :n], latent.shape, patch_size, f_patch_size)
@@ -278,15 +308,12 @@ class ZImageTransformer(nn.Module):
         return image, pad_sequence(ropes, batch_first=True), mask, counts
 
     def _patchify(self, latent: torch.Tensor, patch: int, f_patch: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """(C, F, H, W) -> (N, pf*p*p*C) tokens in (f, h, w) raster order, features (pf, ph, pw, c)."""
+        """patchify() of one image latent, after checking it fits this model."""
         channels, frames, height, width = latent.shape
         if channels != self.config.in_channels or frames % f_patch or height % patch or width % patch:
             raise ValueError(f"latent of shape {tuple(latent.shape)} does not fit {self.config.in_channels} "
                              f"channels and patch {patch}x{patch}x{f_patch}")
-        grid = (frames // f_patch, height // patch, width // patch)
-        tokens = latent.reshape(channels, grid[0], f_patch, grid[1], patch, grid[2], patch)
-        tokens = tokens.permute(1, 3, 5, 2, 4, 6, 0)  # (F', H', W', pf, ph, pw, C)
-        return tokens.reshape(grid[0] * grid[1] * grid[2], -1), grid
+        return patchify(latent, patch, f_patch)
 
     def _unpatchify(self, tokens: torch.Tensor, shape: torch.Size, patch: int, f_patch: int) -> torch.Tensor:
         """(N, pf*p*p*C) -> (C, F, H, W), the inverse of _patchify."""

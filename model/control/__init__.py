@@ -1,0 +1,1 @@
+"""Control inputs of a request: preprocessed control maps, inpainting masks, ControlNet conditioning."""
