@@ -7,11 +7,11 @@ import base64
 import json
 import logging
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from app.errors import ServiceError
 from app.i18n import language_from_header
@@ -19,7 +19,8 @@ from app.jobs import Job, JobState
 from app.loras import resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
-from app.validation import DOOR_DEFAULTS, decode_base64_image, parse_size
+from app.fields import DOOR_DEFAULTS, FIELDS, RequestField
+from app.validation import decode_base64_image, parse_size
 from model.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -37,29 +38,35 @@ class LoraItem(BaseModel):
     scale: float = 1.0
 
 
-class ImagesRequest(BaseModel):
-    """OpenAI Images API fields plus our extras; unknown fields are refused."""
+class OpenAIFields(BaseModel):
+    """The OpenAI Images API fields that are no request field of ours (or several: size); unknown fields are
+    refused. ImagesRequest adds every field of app.fields under its REST name."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str
     model: str | None = None
-    n: int = DOOR_DEFAULTS["batch_size"]
     size: str = f"{DOOR_DEFAULTS['width']}x{DOOR_DEFAULTS['height']}"
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Literal["png"] | None = None
     quality: str | None = None
     style: str | None = None
     user: str | None = None
-    negative_prompt: str = DOOR_DEFAULTS["negative_prompt"]
-    steps: int = DOOR_DEFAULTS["steps"]
-    guidance_scale: float = DOOR_DEFAULTS["guidance"]
-    seed: int = DOOR_DEFAULTS["seed"]
-    image: str | None = None
-    strength: float = DOOR_DEFAULTS["strength"]
-    shift: float = DOOR_DEFAULTS["shift"]
-    cfg_truncation: float = DOOR_DEFAULTS["cfg_truncation"]
-    cfg_normalization: float = DOOR_DEFAULTS["cfg_normalization"]
-    loras: list[LoraItem] = []
+
+
+def _rest_field(field: RequestField) -> tuple[Any, Any]:
+    """(annotation, default) of a table field in the REST model; the image is base64 text there."""
+    if field.name == "prompt":
+        return str, ...
+    if field.name == "reference_image":
+        return str | None, None
+    return field.kind, field.default
+
+
+# The REST body: OpenAI's fields, then ours (from the field table), then the LoRA list.
+ImagesRequest = create_model(
+    "ImagesRequest", __base__=OpenAIFields, __doc__="OpenAI Images API fields plus our extras.",
+    **{field.rest: _rest_field(field) for field in FIELDS if field.rest},
+    loras=(list[LoraItem], []),
+)
 
 
 def build_router(service: GenerationService) -> APIRouter:
@@ -109,7 +116,7 @@ async def read_json(request: Request, limit: int) -> dict:
     return data
 
 
-def parse_body(data: dict) -> ImagesRequest:
+def parse_body(data: dict) -> OpenAIFields:
     """Validate fields; the first problem becomes one clear error naming the field."""
     try:
         return ImagesRequest.model_validate(data)
@@ -124,24 +131,21 @@ def parse_body(data: dict) -> ImagesRequest:
         raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
 
 
-def submit_body(service: GenerationService, body: ImagesRequest) -> Job:
+def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
     """Build the engine request and queue it (blocking: image decoding and prompt tokenizing)."""
     return service.submit(to_generation_request(body, service.settings), door="rest")
 
 
-def to_generation_request(body: ImagesRequest, settings: Settings) -> GenerationRequest:
+def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:
     """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
     if body.response_format == "url":
         raise ServiceError("url_format_unsupported", field="response_format")
     width, height = parse_size(body.size)
     reference = decode_base64_image(body.image, settings) if body.image else None
     loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
-    return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
-        steps=body.steps, guidance=body.guidance_scale, seed=body.seed, batch_size=body.n,
-        reference_image=reference, strength=body.strength, shift=body.shift,
-        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, loras=loras,
-    )
+    values = {field.name: getattr(body, field.rest) for field in FIELDS
+              if field.rest and field.name != "reference_image"}
+    return GenerationRequest(**values, width=width, height=height, reference_image=reference, loras=loras)
 
 
 async def wait_for_job(job: Job, request: Request, service: GenerationService) -> None:
@@ -155,7 +159,7 @@ async def wait_for_job(job: Job, request: Request, service: GenerationService) -
         raise job.error or ServiceError("internal_error", status=500, detail="job ended without a result")
 
 
-def success_body(job: Job, body: ImagesRequest) -> dict:
+def success_body(job: Job, body: OpenAIFields) -> dict:
     """OpenAI response shape plus our extras (seeds, timings, queue facts) that the SDK keeps."""
     assert job.result is not None
     return {

@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 import re
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ServiceError, out_of_range
+from app.fields import NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
 from app.settings import Settings
 from model.request import GenerationRequest
 
-MAX_SEED = 2**32 - 1
-RANDOM_SEED = -1  # a seed field left at this draws a new seed for each request
-
-# What every door (form, REST, exported code) shows or sends for a field left out: the engine's defaults,
-# read from GenerationRequest so they are written once, except the seed, which the doors draw per request.
-DOOR_FIELDS = ("negative_prompt", "guidance", "steps", "width", "height", "batch_size", "strength", "shift",
-               "cfg_truncation", "cfg_normalization")
-DOOR_DEFAULTS: dict[str, Any] = {**{f.name: f.default for f in dataclasses.fields(GenerationRequest)
-                                    if f.name in DOOR_FIELDS}, "seed": RANDOM_SEED}
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
-
-# field -> (low, high) for the numeric fields that have no setting of their own.
-FIXED_RANGES: dict[str, tuple[float, float]] = {
-    "guidance": (0.0, 20.0),
-    "strength": (0.01, 1.0),
-    "shift": (0.1, 20.0),
-    "cfg_truncation": (0.0, 1.0),
-    "cfg_normalization": (0.0, 10.0),
-    "seed": (RANDOM_SEED, MAX_SEED),
-}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -64,21 +45,18 @@ def check_prompt_tokens(prompt: str, settings: Settings, count_tokens: Callable[
     return tokens
 
 
-def check_request(request: GenerationRequest, settings: Settings) -> None:
-    """Range checks for every numeric field of a request; the first violation is raised."""
+def check_request(request: GenerationRequest, settings: Settings, door: str = "gradio") -> None:
+    """Range checks for every numeric field of a request (the engine's limits narrowed by the settings);
+    the first violation is raised, naming the field as `door` calls it."""
     check_prompt_text(request.prompt, settings)
-    for name, value in (("width", request.width), ("height", request.height)):
-        if value % 16 or not settings.min_size <= value <= settings.max_size:
-            raise ServiceError("size_out_of_range", field=name, value=value,
-                               min=settings.min_size, max=settings.max_size)
-    if not 1 <= request.batch_size <= settings.max_batch:
-        raise out_of_range("n", request.batch_size, 1, settings.max_batch)
-    if not 1 <= request.steps <= settings.max_steps:
-        raise out_of_range("steps", request.steps, 1, settings.max_steps)
-    for name, (low, high) in FIXED_RANGES.items():
-        value = getattr(request, name)
-        if not low <= value <= high:
-            raise out_of_range(name, value, low, high)
+    for field in NUMERIC_FIELDS:
+        value = getattr(request, field.name)
+        low, high = field_range(field.name, settings)
+        if field.name in ("width", "height"):
+            if value % SIZE_MULTIPLE or not low <= value <= high:
+                raise ServiceError("size_out_of_range", field=field.name, value=value, min=low, max=high)
+        elif not low <= value <= high:
+            raise out_of_range(door_name(field.name, door), value, low, high)
 
 
 def decode_base64_image(text: str, settings: Settings, field: str = "image") -> Image.Image:

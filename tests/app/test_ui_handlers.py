@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from app.errors import ServiceError
-from app.export_code import GRADIO_PARAMETERS
-from app.lora_slots import NO_LORA
+from app.ui.export import GRADIO_PARAMETERS
+from app.ui.slots import NO_LORA
 from app.metadata import encode_png
-from app.presets import SIZE_CLASSES, preset_choices
+from app.ui.presets import SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
+from app.ui.handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
 from app_helpers import make_settings
 from fake_engine import FakeEngine
 

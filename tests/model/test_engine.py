@@ -196,3 +196,18 @@ def test_vae_runs_in_the_engine_dtype_unless_told_otherwise(tiny_model_dir, engi
     diff = np.abs(half - full)
     print(f"\n[vae dtype] bf16 vs fp32 decode of the same latents: mean {diff.mean():.2f}, max {diff.max()} levels")
     assert diff.mean() < 2.0
+
+
+def test_engine_limits_are_the_ones_it_enforces(engine):
+    """The engine exposes its limits (torch-free, model.request) and the sampler's seed range is the same."""
+    from model import sampler
+    from model.request import ENGINE_LIMITS, MAX_SEED
+
+    assert sampler.MAX_SEED == MAX_SEED == ENGINE_LIMITS.seed[1]
+    limits = engine.limits
+    assert limits.max_side == engine.max_side()
+    for name in ("steps", "batch_size"):
+        high = limits.range(name)[1]
+        engine._validate(GenerationRequest(prompt="a cat", **SIZE, **{name: high}))
+        with pytest.raises(InvalidRequestError):
+            engine._validate(GenerationRequest(prompt="a cat", **SIZE, **{name: high + 1}))
