@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from app.errors import ServiceError
+from app.errors import ServiceError, out_of_range
 from app.i18n import language_from_header
 from app.jobs import Job, JobState
-from app.loras import resolve_loras
+from app.loras import MAX_LORAS, resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
 from app.fields import DOOR_DEFAULTS, FIELDS, RequestField
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 MODEL_ID = "z-image-turbo"
 # JSON overhead allowed on top of a maximal base64 image.
 BODY_SLACK_BYTES = 256 * 1024
+# Digits of the largest integer any field takes (a 64-bit seed has 20).
+MAX_INT_DIGITS = 20
 
 
 class LoraItem(BaseModel):
@@ -84,12 +86,14 @@ def build_router(service: GenerationService) -> APIRouter:
     async def create_images(request: Request) -> JSONResponse:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
-            body = parse_body(await read_json(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES))
-            # In a thread: decoding the image and tokenizing the prompt (in submit) would block the event loop.
+            raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
+            # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
+            # would each block the event loop, and with it /health/live.
+            body = await asyncio.to_thread(parse_request, raw, settings)
             job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
         try:
             await wait_for_job(job, request, service)
         except ServiceError as err:  # the job failed: the service already counted it
@@ -99,25 +103,56 @@ def build_router(service: GenerationService) -> APIRouter:
     return router
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    """The JSON object in the body; too big, not JSON or not an object are client errors."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused once it grows past `limit` bytes."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ServiceError("upload_too_large", status=413, field="body", size=size, limit=limit)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def max_json_items(settings: Settings) -> int:
+    """Commas a valid body can hold: those inside the two prompts plus a few hundred for the fields and LoRAs
+    (base64 has none). Every element of a JSON list or object after the first needs one, so this bounds every
+    list before anything is parsed: json.loads holds the GIL, and 2,000,000 items stall every thread."""
+    return 2 * settings.max_prompt_chars + 512
+
+
+def decode_json(raw: bytes, settings: Settings) -> dict:
+    """The JSON object in `raw`; too many items, too deep, not JSON or not an object are client errors."""
+    commas, limit = raw.count(b","), max_json_items(settings)
+    if commas > limit:
+        raise ServiceError("body_too_complex", field="body", count=commas, limit=limit, loras=MAX_LORAS)
     try:
-        data = json.loads(b"".join(chunks) or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ServiceError("invalid_json", detail=str(err)) from None
+        data = json.loads(raw or b"null", parse_int=_parse_int)
+    except RecursionError:
+        raise ServiceError("invalid_json", field="body", detail="nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ServiceError("invalid_json", field="body", detail=str(err)[:200]) from None
     if not isinstance(data, dict):
-        raise ServiceError("invalid_json", detail="expected a JSON object")
+        raise ServiceError("invalid_json", field="body", detail="expected a JSON object")
     return data
+
+
+def _parse_int(text: str) -> int | float:
+    """JSON integers beyond any field's range become floats (inf past 308 digits): the field's own check then
+    refuses them by name, and Python's 4300-digit int limit is never reached."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
+
+
+def parse_request(raw: bytes, settings: Settings) -> OpenAIFields:
+    """Body bytes -> validated REST fields (blocking: run it in a thread)."""
+    return parse_body(decode_json(raw, settings))
 
 
 def parse_body(data: dict) -> OpenAIFields:
     """Validate fields; the first problem becomes one clear error naming the field."""
+    loras = data.get("loras")
+    if isinstance(loras, list) and len(loras) > MAX_LORAS:  # before pydantic builds an object per item
+        raise out_of_range("loras", len(loras), 0, MAX_LORAS)
     try:
         return ImagesRequest.model_validate(data)
     except ValidationError as err:

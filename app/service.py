@@ -21,11 +21,12 @@ from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
 from app.settings import Settings
 from app.fields import DOOR_MAX_SEED
-from app.validation import check_prompt_tokens, check_request
+from app.validation import check_prompt_tokens, check_request, check_text
 from model.errors import GenerationCancelled, InvalidRequestError
 from model.errors import OutOfMemoryError as EngineOutOfMemory
 from model.protocol import EngineProtocol
-from model.request import GenerationRequest, GenerationResult, StepProgress, encoded_prompts
+from model.request import (ENGINE_LIMITS, EngineLimits, GenerationRequest, GenerationResult, StepProgress,
+                           encoded_prompts)
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,9 @@ class GenerationService:
         self.require_ready()
         check_request(request, self.settings, door)
         # The prompts the engine will encode, counted as its memory admission counts them.
-        tokens = max(check_prompt_tokens(text, self.settings, self.count_tokens)
-                     for text in encoded_prompts(request).values())
+        limit = self.prompt_token_limit
+        tokens = max(check_prompt_tokens(field, text, limit, self.count_tokens)
+                     for field, text in encoded_prompts(request).items())
         seed = secrets.randbelow(DOOR_MAX_SEED + 1) if request.seed < 0 else request.seed
         # Raise the truncation point to the prompt's length: prompts are never cut silently.
         request = dataclasses.replace(request, seed=seed,
@@ -147,7 +149,18 @@ class GenerationService:
 
     def count_tokens(self, prompt: str) -> int:
         self.require_ready()
-        return int(self._engine.count_tokens(prompt))
+        return int(self._engine.count_tokens(check_text("prompt", prompt)))
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The loaded engine's limits (the static ENGINE_LIMITS until it is loaded)."""
+        return self._engine.limits if self._engine is not None else ENGINE_LIMITS
+
+    @property
+    def prompt_token_limit(self) -> int:
+        """Most tokens a prompt may have: the setting, or fewer where the checkpoint's RoPE table holds fewer."""
+        capacity = self.limits.max_prompt_tokens
+        return min(self.settings.max_prompt_tokens, capacity) if capacity else self.settings.max_prompt_tokens
 
     def jobs_ahead(self, job: Job) -> int:
         """How many jobs run before `job` starts: the running one plus those queued before it."""

@@ -29,7 +29,7 @@ from model.network.attention import get_attention_backend, set_attention_backend
 from model.runtime.compile import compile_repeated_blocks
 from model.runtime.cpu_kernels import use_cpu_kernels
 from model.errors import InvalidRequestError
-from model.images import reference_tensor, to_pil_images
+from model.images import MAX_CROP_RATIO, crop_ratio, reference_tensor, to_pil_images
 from model.loading.layout import WeightsLayout, detect_layout
 from model.loading.text_encoder import load_text_encoder, load_tokenizer
 from model.loading.transformer import load_transformer
@@ -118,6 +118,7 @@ class Engine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         self._validate(request)
+        request = self._fit_caption_capacity(request)
         admission = self._admit(request)  # before any work: refuse or adapt instead of running out of memory
         self.loras.activate(request.loras)  # before any transformer work; logs a report per LoRA
         with torch.inference_mode():
@@ -181,6 +182,19 @@ class Engine:
 
     def _validate(self, request: GenerationRequest) -> None:
         validate_request(request, self._pixel_multiple(), self.transformer.config.axes_lens)
+
+    def _fit_caption_capacity(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with max_sequence_length lowered to what the RoPE table holds, when every prompt's real
+        token count fits there (so nothing is cut that the cap would have kept); else the prompt is refused."""
+        capacity = caption_capacity(self.transformer.config.axes_lens)
+        if request.max_sequence_length <= capacity:
+            return request
+        for field, text in encoded_prompts(request).items():
+            tokens = self.count_tokens(text)
+            _check(tokens <= capacity, field,
+                   f"{field} has {tokens} tokens but this checkpoint holds at most {capacity} caption tokens; "
+                   f"shorten it, or set max_sequence_length <= {capacity} to truncate it")
+        return dataclasses.replace(request, max_sequence_length=capacity)
 
     def _pixel_multiple(self) -> int:
         return self.vae.downscale * self.transformer.config.all_patch_size[0]
@@ -309,12 +323,17 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
     _validate_ranges(request, limits)
-    max_tokens = caption_capacity(axes_lens)
-    _check(_is_whole(request.max_sequence_length) and 1 <= request.max_sequence_length <= max_tokens,
-           "max_sequence_length",
-           f"max_sequence_length must be from 1 to {max_tokens}, got {request.max_sequence_length!r}")
-    _check(request.reference_image is None or isinstance(request.reference_image, Image.Image),
+    # Above the checkpoint's caption capacity is fine when the prompts are shorter (Engine._fit_caption_capacity).
+    _check(_is_whole(request.max_sequence_length) and request.max_sequence_length >= 1, "max_sequence_length",
+           f"max_sequence_length must be a whole number >= 1, got {request.max_sequence_length!r}")
+    reference = request.reference_image
+    _check(reference is None or isinstance(reference, Image.Image),
            "reference_image", "reference_image must be a PIL image (decode the upload first)")
+    if reference is not None:
+        ratio = crop_ratio(reference.size, (request.width, request.height))
+        _check(ratio <= MAX_CROP_RATIO, "reference_image",
+               f"reference_image {reference.width}x{reference.height} differs {ratio:.0f}-fold in shape from "
+               f"{request.width}x{request.height} (at most {MAX_CROP_RATIO:g}); crop it closer to the output's shape")
 
 
 class _TransformerVelocity:

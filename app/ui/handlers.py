@@ -123,7 +123,7 @@ class UiHandlers:
 
     def _final_outputs(self, job: Job, lang: str) -> tuple:
         result = job.result
-        gallery = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png)), f"seed {img.seed}")
+        gallery = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png), formats=["PNG"]), f"seed {img.seed}")
                    for img in result.images]
         seconds = (job.finished_at or 0) - (job.started_at or 0)
         status = translate("status_done", lang, seconds=seconds, seeds=", ".join(map(str, result.seeds)))
@@ -151,7 +151,7 @@ class UiHandlers:
     def count_tokens(self, prompt: str, lang: str | None, request: gr.Request) -> str:
         """Live "Tokens: n / limit" under the prompt (the limit below which prompts are never cut)."""
         lang = request_language(lang, request)
-        limit = self.settings.max_prompt_tokens
+        limit = self.service.prompt_token_limit
         try:
             count = self.service.count_tokens(prompt[: self.settings.max_prompt_chars]) if prompt else 0
         except ServiceError:  # model not loaded (yet)
@@ -164,7 +164,8 @@ class UiHandlers:
 
     @staticmethod
     def reuse_seed(last: dict | None, current: int) -> int:
-        return int(last["seed"]) if last else current
+        """The last run's seed (the batch's first; _final_outputs keeps it in the run's recipe)."""
+        return int(last["recipe"]["seed"]) if last else current
 
     def size_class_changed(self, size_class: str) -> tuple[dict, Any, Any]:
         """A new class offers its aspect ratios and applies the first (square) one."""
@@ -187,7 +188,7 @@ class UiHandlers:
         if not path:
             return skip_all + [gr.skip()]
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=["PNG"]) as image:  # recipes live in PNG text chunks only
                 recipe = read_recipe(image)
         except (OSError, ValueError, Image.DecompressionBombError):
             recipe = None

@@ -89,7 +89,7 @@ def detect_layout(path: str | Path) -> WeightsLayout:
     if not root.is_dir():
         raise CheckpointError(
             f"weights folder {root} does not exist. Fix: download the weights "
-            "(scripts/download_weights.py) or point the server at the folder that holds them."
+            "(.venv/bin/python scripts/download_weights.py) or point the server at the folder that holds them."
         )
     raise CheckpointError(
         f"{root} is not a Z-Image-Turbo weights folder. Found: {_listing(root)}. Expected either "

@@ -33,3 +33,19 @@ def test_broken_weights_are_explained_with_what_was_found(tiny_model_dir: Path, 
     err = caught.value
     assert err.status == 503 and err.key == "weights_missing"
     assert "ae.safetensors" in err.message("en") and "scripts/download_weights.py" in err.message("en")
+
+
+def test_missing_weights_banner_gives_a_command_that_works(tmp_path: Path):
+    with pytest.raises(ServiceError) as caught:
+        engine_factory(make_settings(tmp_path, weights_dir=tmp_path / "nothing-here"))()
+    for lang in ("en", "zh"):
+        message = caught.value.message(lang)
+        # The system python lacks the packages: the venv's python (or the setup script) is what works.
+        assert "`.venv/bin/python scripts/download_weights.py`" in message
+        assert "`bash scripts/setup_and_start.sh`" in message
+        assert "`python scripts/" not in message
+
+
+def test_dtype_auto_loads_float32_on_the_cpu(tiny_model_dir: Path, tmp_path: Path):
+    engine = engine_factory(make_settings(tmp_path, weights_dir=tiny_model_dir / "comfy", dtype="auto"))()
+    assert engine.describe()["dtype"] == "float32"
