@@ -315,14 +315,13 @@ def _validate_ranges(request: GenerationRequest, limits: EngineLimits) -> None:
            f"seed + batch_size - 1 must be at most {limits.seed[1]}, got {request.seed!r}")
 
 
-def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...],
-                     limits: EngineLimits = ENGINE_LIMITS) -> None:
+def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...]) -> None:
     """Raise InvalidRequestError(field=...) for the first field the model cannot honour."""
     _check(isinstance(request.prompt, str) and request.prompt.strip() != "", "prompt",
            "prompt is empty; describe the image you want")
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
-    _validate_ranges(request, limits)
+    _validate_ranges(request, ENGINE_LIMITS)
     # Above the checkpoint's caption capacity is fine when the prompts are shorter (Engine._fit_caption_capacity).
     _check(_is_whole(request.max_sequence_length) and request.max_sequence_length >= 1, "max_sequence_length",
            f"max_sequence_length must be a whole number >= 1, got {request.max_sequence_length!r}")
