@@ -7,19 +7,20 @@ import base64
 import json
 import logging
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from app.errors import ServiceError
+from app.errors import ServiceError, out_of_range
 from app.i18n import language_from_header
 from app.jobs import Job, JobState
-from app.loras import resolve_loras
+from app.loras import MAX_LORAS, resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
-from app.validation import DOOR_DEFAULTS, decode_base64_image, parse_size
+from app.fields import DOOR_DEFAULTS, FIELDS, RequestField
+from app.validation import decode_base64_image, parse_size
 from model.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 MODEL_ID = "z-image-turbo"
 # JSON overhead allowed on top of a maximal base64 image.
 BODY_SLACK_BYTES = 256 * 1024
+# Digits of the largest integer any field takes (a 64-bit seed has 20).
+MAX_INT_DIGITS = 20
 
 
 class LoraItem(BaseModel):
@@ -37,29 +40,35 @@ class LoraItem(BaseModel):
     scale: float = 1.0
 
 
-class ImagesRequest(BaseModel):
-    """OpenAI Images API fields plus our extras; unknown fields are refused."""
+class OpenAIFields(BaseModel):
+    """The OpenAI Images API fields that are no request field of ours (or several: size); unknown fields are
+    refused. ImagesRequest adds every field of app.fields under its REST name."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str
     model: str | None = None
-    n: int = DOOR_DEFAULTS["batch_size"]
     size: str = f"{DOOR_DEFAULTS['width']}x{DOOR_DEFAULTS['height']}"
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Literal["png"] | None = None
     quality: str | None = None
     style: str | None = None
     user: str | None = None
-    negative_prompt: str = DOOR_DEFAULTS["negative_prompt"]
-    steps: int = DOOR_DEFAULTS["steps"]
-    guidance_scale: float = DOOR_DEFAULTS["guidance"]
-    seed: int = DOOR_DEFAULTS["seed"]
-    image: str | None = None
-    strength: float = DOOR_DEFAULTS["strength"]
-    shift: float = DOOR_DEFAULTS["shift"]
-    cfg_truncation: float = DOOR_DEFAULTS["cfg_truncation"]
-    cfg_normalization: float = DOOR_DEFAULTS["cfg_normalization"]
-    loras: list[LoraItem] = []
+
+
+def _rest_field(field: RequestField) -> tuple[Any, Any]:
+    """(annotation, default) of a table field in the REST model; the image is base64 text there."""
+    if field.name == "prompt":
+        return str, ...
+    if field.name == "reference_image":
+        return str | None, None
+    return field.kind, field.default
+
+
+# The REST body: OpenAI's fields, then ours (from the field table), then the LoRA list.
+ImagesRequest = create_model(
+    "ImagesRequest", __base__=OpenAIFields, __doc__="OpenAI Images API fields plus our extras.",
+    **{field.rest: _rest_field(field) for field in FIELDS if field.rest},
+    loras=(list[LoraItem], []),
+)
 
 
 def build_router(service: GenerationService) -> APIRouter:
@@ -77,12 +86,14 @@ def build_router(service: GenerationService) -> APIRouter:
     async def create_images(request: Request) -> JSONResponse:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
-            body = parse_body(await read_json(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES))
-            # In a thread: decoding the image and tokenizing the prompt (in submit) would block the event loop.
+            raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
+            # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
+            # would each block the event loop, and with it /health/live.
+            body = await asyncio.to_thread(parse_request, raw, settings)
             job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
         try:
             await wait_for_job(job, request, service)
         except ServiceError as err:  # the job failed: the service already counted it
@@ -92,25 +103,56 @@ def build_router(service: GenerationService) -> APIRouter:
     return router
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    """The JSON object in the body; too big, not JSON or not an object are client errors."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused once it grows past `limit` bytes."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ServiceError("upload_too_large", status=413, field="body", size=size, limit=limit)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def max_json_items(settings: Settings) -> int:
+    """Commas a valid body can hold: those inside the two prompts plus a few hundred for the fields and LoRAs
+    (base64 has none). Every element of a JSON list or object after the first needs one, so this bounds every
+    list before anything is parsed: json.loads holds the GIL, and 2,000,000 items stall every thread."""
+    return 2 * settings.max_prompt_chars + 512
+
+
+def decode_json(raw: bytes, settings: Settings) -> dict:
+    """The JSON object in `raw`; too many items, too deep, not JSON or not an object are client errors."""
+    commas, limit = raw.count(b","), max_json_items(settings)
+    if commas > limit:
+        raise ServiceError("body_too_complex", field="body", count=commas, limit=limit, loras=MAX_LORAS)
     try:
-        data = json.loads(b"".join(chunks) or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ServiceError("invalid_json", detail=str(err)) from None
+        data = json.loads(raw or b"null", parse_int=_parse_int)
+    except RecursionError:
+        raise ServiceError("invalid_json", field="body", detail="nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ServiceError("invalid_json", field="body", detail=str(err)[:200]) from None
     if not isinstance(data, dict):
-        raise ServiceError("invalid_json", detail="expected a JSON object")
+        raise ServiceError("invalid_json", field="body", detail="expected a JSON object")
     return data
 
 
-def parse_body(data: dict) -> ImagesRequest:
+def _parse_int(text: str) -> int | float:
+    """JSON integers beyond any field's range become floats (inf past 308 digits): the field's own check then
+    refuses them by name, and Python's 4300-digit int limit is never reached."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
+
+
+def parse_request(raw: bytes, settings: Settings) -> OpenAIFields:
+    """Body bytes -> validated REST fields (blocking: run it in a thread)."""
+    return parse_body(decode_json(raw, settings))
+
+
+def parse_body(data: dict) -> OpenAIFields:
     """Validate fields; the first problem becomes one clear error naming the field."""
+    loras = data.get("loras")
+    if isinstance(loras, list) and len(loras) > MAX_LORAS:  # before pydantic builds an object per item
+        raise out_of_range("loras", len(loras), 0, MAX_LORAS)
     try:
         return ImagesRequest.model_validate(data)
     except ValidationError as err:
@@ -124,24 +166,21 @@ def parse_body(data: dict) -> ImagesRequest:
         raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
 
 
-def submit_body(service: GenerationService, body: ImagesRequest) -> Job:
+def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
     """Build the engine request and queue it (blocking: image decoding and prompt tokenizing)."""
     return service.submit(to_generation_request(body, service.settings), door="rest")
 
 
-def to_generation_request(body: ImagesRequest, settings: Settings) -> GenerationRequest:
+def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:
     """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
     if body.response_format == "url":
         raise ServiceError("url_format_unsupported", field="response_format")
     width, height = parse_size(body.size)
     reference = decode_base64_image(body.image, settings) if body.image else None
     loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
-    return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
-        steps=body.steps, guidance=body.guidance_scale, seed=body.seed, batch_size=body.n,
-        reference_image=reference, strength=body.strength, shift=body.shift,
-        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, loras=loras,
-    )
+    values = {field.name: getattr(body, field.rest) for field in FIELDS
+              if field.rest and field.name != "reference_image"}
+    return GenerationRequest(**values, width=width, height=height, reference_image=reference, loras=loras)
 
 
 async def wait_for_job(job: Job, request: Request, service: GenerationService) -> None:
@@ -155,7 +194,7 @@ async def wait_for_job(job: Job, request: Request, service: GenerationService) -
         raise job.error or ServiceError("internal_error", status=500, detail="job ended without a result")
 
 
-def success_body(job: Job, body: ImagesRequest) -> dict:
+def success_body(job: Job, body: OpenAIFields) -> dict:
     """OpenAI response shape plus our extras (seeds, timings, queue facts) that the SDK keeps."""
     assert job.result is not None
     return {

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from app.errors import ServiceError
-from app.settings import Settings
+from app.settings import Settings, resolve_dtype
+from model.loading.layout import find_layout
+from model.protocol import EngineProtocol
 
 logger = logging.getLogger(__name__)
 
-COMFY_FILES = ("z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors")
-HF_MARKER = "model_index.json"
-
-EngineFactory = Callable[[], Any]
-
-
-def weights_present(weights_dir: Path) -> bool:
-    """True when the folder looks like one of the two layouts (HF snapshot or the three ComfyUI files)."""
-    if not weights_dir.is_dir():
-        return False
-    if (weights_dir / HF_MARKER).is_file():
-        return True
-    return any((weights_dir / name).is_file() for name in COMFY_FILES)
+EngineFactory = Callable[[], EngineProtocol]
 
 
 def missing_weights_error(weights_dir: Path, detail: str = "") -> ServiceError:
@@ -34,20 +24,24 @@ def missing_weights_error(weights_dir: Path, detail: str = "") -> ServiceError:
 def engine_factory(settings: Settings) -> EngineFactory:
     """A zero-argument function that loads model.Engine as the settings say (run in the worker thread)."""
 
-    def load() -> Any:
+    def load() -> EngineProtocol:
+        # Recognised the way the engine recognises it (model.loading.layout), before torch is imported.
+        if find_layout(settings.weights_dir) is None:
+            raise missing_weights_error(settings.weights_dir)
         import torch  # deferred: importing torch costs seconds and the factory only runs in the worker
 
         from model.engine import Engine
         from model.errors import CheckpointError
 
-        if not weights_present(settings.weights_dir):
-            raise missing_weights_error(settings.weights_dir)
-        device = None if settings.device == "auto" else settings.device
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = resolve_dtype(settings.dtype, device)
         logger.info("loading weights from %s (device=%s dtype=%s memory_mode=%s attention=%s)",
-                    settings.weights_dir, settings.device, settings.dtype, settings.memory_mode, settings.attention)
+                    settings.weights_dir, device, dtype, settings.memory_mode, settings.attention)
         try:
             return Engine.from_pretrained(
-                settings.weights_dir, device=device, dtype=getattr(torch, settings.dtype),
+                settings.weights_dir, device=device, dtype=getattr(torch, dtype),
                 memory_mode=settings.memory_mode, attention_backend=settings.attention,
                 compile_blocks=settings.compile_blocks,
             )

@@ -15,6 +15,18 @@ ERROR_TYPES = {
 }
 
 
+# Longest client value (`value`) an error message repeats; the rest is cut (a 2 MB "size" is not echoed back).
+MAX_ECHOED_CHARS = 80
+# Seconds a client told "busy" (429) should wait before trying again: about one Turbo image.
+RETRY_AFTER_SECONDS = 5
+
+
+def _clip(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
+        return f"{value[:MAX_ECHOED_CHARS]}… ({len(value)} characters)"
+    return value
+
+
 class ServiceError(Exception):
     """An error every door can show: translated with `message(lang)`, mapped to `status`."""
 
@@ -22,12 +34,19 @@ class ServiceError(Exception):
         self.key = key
         self.status = status
         self.field = field
+        if "value" in params:
+            params["value"] = _clip(params["value"])
         self.params = {"field": field, **params}
         super().__init__(translate(key, "en", **self.params))
 
     def message(self, lang: str = "en") -> str:
         """The human message in `lang` ("en" or "zh")."""
         return translate(self.key, lang, **self.params)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error: Retry-After on 429."""
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 429 else {}
 
     @property
     def error_type(self) -> str:

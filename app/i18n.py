@@ -15,10 +15,12 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "weights_missing": {
         "en": "Model weights not found. Looked in: {path}. {detail} Get them with "
-        "`python scripts/download_weights.py` (or point ZIMAGE_WEIGHTS_DIR at a folder that holds "
+        "`.venv/bin/python scripts/download_weights.py` from the repository folder, or run "
+        "`bash scripts/setup_and_start.sh` again (or point ZIMAGE_WEIGHTS_DIR at a folder that holds "
         "z_image_turbo_bf16.safetensors, qwen_3_4b.safetensors, ae.safetensors and tokenizer/, "
         "or a Hugging Face snapshot), then restart the service.",
-        "zh": "未找到模型权重。查找位置：{path}。{detail} 请运行 `python scripts/download_weights.py` 下载"
+        "zh": "未找到模型权重。查找位置：{path}。{detail} 请在仓库目录运行 `.venv/bin/python scripts/download_weights.py` "
+        "下载，或重新运行 `bash scripts/setup_and_start.sh`"
         "（或将 ZIMAGE_WEIGHTS_DIR 指向包含 z_image_turbo_bf16.safetensors、qwen_3_4b.safetensors、"
         "ae.safetensors 和 tokenizer/ 的文件夹，或 Hugging Face 快照目录），然后重启服务。",
     },
@@ -42,6 +44,30 @@ MESSAGES: dict[str, dict[str, str]] = {
     "prompt_too_long": {
         "en": "The prompt is too long: {tokens} tokens, the limit is {limit}. Shorten it.",
         "zh": "提示词过长：{tokens} 个 token，上限为 {limit}。请缩短提示词。",
+    },
+    "negative_prompt_too_long": {
+        "en": "The negative prompt is too long: {tokens} tokens, the limit is {limit}. Shorten it.",
+        "zh": "反向提示词过长：{tokens} 个 token，上限为 {limit}。请缩短反向提示词。",
+    },
+    "negative_prompt_too_many_chars": {
+        "en": "The negative prompt is too long: {chars} characters, the limit is {limit}. Shorten it.",
+        "zh": "反向提示词过长：{chars} 个字符，上限为 {limit}。请缩短反向提示词。",
+    },
+    "text_not_unicode": {
+        "en": "{field} contains a character that is not valid Unicode (a lone UTF-16 surrogate such as \\ud800). "
+        "Send the text as UTF-8.",
+        "zh": "{field} 含有无效的 Unicode 字符（单独的 UTF-16 代理项，如 \\ud800）。请以 UTF-8 发送文本。",
+    },
+    "body_too_complex": {
+        "en": "The request body has too many JSON items ({count}; a request has at most {limit}). "
+        "Send one request with its fields, at most {loras} LoRAs.",
+        "zh": "请求体中的 JSON 元素过多（{count} 个；一个请求最多 {limit} 个）。每个请求最多 {loras} 个 LoRA。",
+    },
+    "reference_aspect": {
+        "en": "The {field} is {width}x{height}: cropping it to {target_width}x{target_height} would keep only "
+        "1/{ratio:.0f} of it (the limit is 1/{limit:g}). Crop the image closer to the output's shape first.",
+        "zh": "{field} 为 {width}x{height}：裁剪到 {target_width}x{target_height} 只会保留约 1/{ratio:.0f}"
+        "（上限为 1/{limit:g}）。请先把图片裁剪得更接近输出的宽高比。",
     },
     "prompt_too_many_chars": {
         "en": "The prompt is too long: {chars} characters, the limit is {limit}. Shorten it.",

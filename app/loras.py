@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from app.errors import ServiceError, out_of_range
-from model.lora.manager import file_sha256
 from model.request import LoraSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -56,7 +55,14 @@ def resolve_loras(items: Iterable[Mapping[str, object]], lora_dir: Path) -> tupl
     return tuple(specs)
 
 
+def lora_sha256(path: str | Path) -> str:
+    """The file's SHA-256 as the engine computes it (cached by size and mtime)."""
+    from model.lora.manager import file_sha256  # model.lora imports torch: only when a LoRA is hashed
+
+    return file_sha256(path)
+
+
 def lora_fingerprints(specs: Iterable[LoraSpec]) -> list[dict]:
     """name, scale and file sha256 of each LoRA, for the PNG recipe."""
-    return [{"name": s.name, "scale": s.scale, "file": Path(s.path).name, "sha256": file_sha256(s.path)}
+    return [{"name": s.name, "scale": s.scale, "file": Path(s.path).name, "sha256": lora_sha256(s.path)}
             for s in specs]

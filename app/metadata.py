@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 
 import model
 from app import __version__ as APP_VERSION
+from app.fields import FIELDS
 from model.request import GenerationRequest
 
 RECIPE_KEY = "zimage-recipe"
@@ -21,25 +22,20 @@ STEP_CONVENTION = "steps = transformer calls (8 steps = 8 model evaluations per 
 
 def build_recipe(request: GenerationRequest, seed: int, index: int, engine_info: dict[str, Any],
                  loras: list[dict], reference: dict | None, timings: dict[str, float]) -> dict[str, Any]:
-    """Everything needed to make image `index` of a batch again, plus the reproducibility stamp."""
+    """Everything needed to make image `index` of a batch again, plus the reproducibility stamp.
+
+    Every field of app.fields is recorded under its name (fields that need a reference image only with one);
+    `seed` is this image's own seed, `batch_seed` the request's."""
+    fields = {field.name: getattr(request, field.name) if reference or not field.with_reference_only else None
+              for field in FIELDS if field.name != "reference_image"}
     return {
         "format": RECIPE_FORMAT,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "width": request.width,
-        "height": request.height,
-        "steps": request.steps,
-        "guidance": request.guidance,
+        **fields,
         "seed": seed,
         "batch_seed": request.seed,
         "batch_index": index,
-        "batch_size": request.batch_size,
-        "shift": request.shift,
-        "cfg_truncation": request.cfg_truncation,
-        "cfg_normalization": request.cfg_normalization,
         "max_sequence_length": request.max_sequence_length,
         "reference_image": reference,
-        "strength": request.strength if reference else None,
         "loras": loras,
         # engine.describe(): layout, weight files, dtype, device, attention backend, memory mode, version.
         "model": dict(engine_info),

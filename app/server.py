@@ -12,11 +12,12 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, health, ui
+from app import __version__, api, health
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
-from app.ui_strings import build_i18n
+from app.ui.page import build_demo
+from app.ui.strings import build_i18n
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
     translations = build_i18n()
-    demo = ui.build_demo(service, translations)
+    demo = build_demo(service, translations)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.
     demo.queue(api_open=False, default_concurrency_limit=None)
     return gr.mount_gradio_app(

@@ -20,11 +20,13 @@ from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
 from app.settings import Settings
-from app.validation import MAX_SEED, check_prompt_tokens, check_request
+from app.fields import DOOR_MAX_SEED
+from app.validation import check_prompt_tokens, check_request, check_text
 from model.errors import GenerationCancelled, InvalidRequestError
 from model.errors import OutOfMemoryError as EngineOutOfMemory
-from model.lora.manager import LoraError
-from model.request import GenerationRequest, StepProgress
+from model.protocol import EngineProtocol
+from model.request import (ENGINE_LIMITS, EngineLimits, GenerationRequest, GenerationResult, StepProgress,
+                           encoded_prompts)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class GenerationService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._load_engine = load_engine
-        self._engine: Any = None
+        self._engine: EngineProtocol | None = None
         self.engine_info: dict[str, Any] = {}
         self.engine_state = EngineState.LOADING
         self.unavailable_error: ServiceError | None = None
@@ -115,11 +117,12 @@ class GenerationService:
     def submit(self, request: GenerationRequest, door: str, owner: str | None = None) -> Job:
         """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full)."""
         self.require_ready()
-        check_request(request, self.settings)
-        tokens = check_prompt_tokens(request.prompt, self.settings, self.count_tokens)
-        if request.guidance > 0 and request.negative_prompt:
-            tokens = max(tokens, check_prompt_tokens(request.negative_prompt, self.settings, self.count_tokens))
-        seed = secrets.randbelow(MAX_SEED + 1) if request.seed < 0 else request.seed
+        check_request(request, self.settings, door)
+        # The prompts the engine will encode, counted as its memory admission counts them.
+        limit = self.prompt_token_limit
+        tokens = max(check_prompt_tokens(field, text, limit, self.count_tokens)
+                     for field, text in encoded_prompts(request).items())
+        seed = secrets.randbelow(DOOR_MAX_SEED + 1) if request.seed < 0 else request.seed
         # Raise the truncation point to the prompt's length: prompts are never cut silently.
         request = dataclasses.replace(request, seed=seed,
                                       max_sequence_length=max(tokens, request.max_sequence_length))
@@ -146,7 +149,18 @@ class GenerationService:
 
     def count_tokens(self, prompt: str) -> int:
         self.require_ready()
-        return int(self._engine.count_tokens(prompt))
+        return int(self._engine.count_tokens(check_text("prompt", prompt)))
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The loaded engine's limits (the static ENGINE_LIMITS until it is loaded)."""
+        return self._engine.limits if self._engine is not None else ENGINE_LIMITS
+
+    @property
+    def prompt_token_limit(self) -> int:
+        """Most tokens a prompt may have: the setting, or fewer where the checkpoint's RoPE table holds fewer."""
+        capacity = self.limits.max_prompt_tokens
+        return min(self.settings.max_prompt_tokens, capacity) if capacity else self.settings.max_prompt_tokens
 
     def jobs_ahead(self, job: Job) -> int:
         """How many jobs run before `job` starts: the running one plus those queued before it."""
@@ -236,8 +250,8 @@ class GenerationService:
         except GenerationCancelled:
             # Cancelled by shutdown: the waiting client gets a retryable 503, not a bare "stopped".
             job.mark_cancelled(ServiceError("shutting_down", status=503) if self._stopping else None)
-        except InvalidRequestError as err:  # LoraError too: refused before any weight changed
-            key = "lora_rejected" if isinstance(err, LoraError) else "engine_rejected"
+        except InvalidRequestError as err:  # LoraError (code "lora") too: refused before any weight changed
+            key = "lora_rejected" if err.code == "lora" else "engine_rejected"
             job.fail(ServiceError(key, status=400, field=err.field, detail=str(err)))
         except EngineOutOfMemory as err:  # refused before running: the estimate says it cannot fit
             job.fail(ServiceError("does_not_fit", status=500, detail=str(err)))
@@ -277,7 +291,7 @@ class GenerationService:
         if job.cancel_requested:
             raise GenerationCancelled(f"{job.id} cancelled at step {progress.step}")
 
-    def _package(self, job: Job, result: Any) -> JobResult:
+    def _package(self, job: Job, result: GenerationResult) -> JobResult:
         """PNG-encode every image with its recipe and save it to the output folder."""
         started = time.perf_counter()
         request = job.request

@@ -1,4 +1,6 @@
-"""Runtime settings: configs/app.toml (or ZIMAGE_CONFIG) overlaid with ZIMAGE_* environment variables."""
+"""Runtime settings: the Settings defaults, overlaid with configs/app.toml (optional; or the file ZIMAGE_CONFIG
+names) and then ZIMAGE_* environment variables. The defaults are written once, in the dataclass below;
+configs/app.toml and the README table document them and a test keeps them in agreement."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from model.options import ATTENTION_BACKENDS, MEMORY_MODES
+from model.request import ENGINE_LIMITS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "app.toml"
@@ -17,7 +20,8 @@ ENV_PREFIX = "ZIMAGE_"
 
 DEVICES = ("auto", "cpu", "cuda")
 # float16 is not offered: the DiT's activations overflow it (black / NaN images); bf16 has the range.
-DTYPES = ("bfloat16", "float32")
+# "auto" = bfloat16 on CUDA, float32 on the CPU (CPUs without bf16 units run float32 faster).
+DTYPES = ("auto", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -37,7 +41,7 @@ class Settings:
     shutdown_grace_seconds: float = 30.0
     weights_dir: Path = Path("weights")
     device: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     memory_mode: str = "auto"
     attention: str = "auto"
     compile_blocks: bool = False
@@ -68,6 +72,11 @@ class Settings:
                      "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        for name, engine_field in (("max_batch", "batch_size"), ("max_steps", "steps")):
+            limit = ENGINE_LIMITS.range(engine_field)[1]
+            if getattr(self, name) > limit:
+                raise SettingsError(f"setting {name} must be at most {limit} (the engine's limit), "
+                                    f"got {getattr(self, name)}")
         if self.port > 65535:
             raise SettingsError(f"setting port must be at most 65535, got {self.port}")
         if self.min_size % 16 or self.max_size % 16 or self.min_size > self.max_size:
@@ -79,17 +88,27 @@ class Settings:
             raise SettingsError("debug_step_delay, watchdog_seconds and shutdown_grace_seconds must be >= 0")
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype setting for a device: "auto" is bfloat16 on CUDA and float32 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise SettingsError(f"setting {name}={value!r} is not one of: {', '.join(choices)}")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file (ZIMAGE_CONFIG or configs/app.toml) and apply ZIMAGE_* overrides."""
+    """Defaults, then the TOML file (ZIMAGE_CONFIG, which must exist, or configs/app.toml when present),
+    then ZIMAGE_* overrides."""
     env = os.environ if env is None else env
-    config_path = Path(env.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG))
+    named = f"{ENV_PREFIX}CONFIG" in env
+    config_path = Path(env[f"{ENV_PREFIX}CONFIG"]) if named else DEFAULT_CONFIG
     values: dict[str, Any] = {}
-    for key, raw in _read_toml(config_path).items():
+    document = _read_toml(config_path) if named or config_path.is_file() else {}
+    for key, raw in document.items():
         values[key] = _parse_value(key, raw, f"{config_path}")
     for key in _field_types():
         env_name = f"{ENV_PREFIX}{key.upper()}"

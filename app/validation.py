@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 import re
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ServiceError, out_of_range
+from app.fields import NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
 from app.settings import Settings
+from model.images import MAX_CROP_RATIO, crop_ratio
 from model.request import GenerationRequest
 
-MAX_SEED = 2**32 - 1
-RANDOM_SEED = -1  # a seed field left at this draws a new seed for each request
-
-# What every door (form, REST, exported code) shows or sends for a field left out: the engine's defaults,
-# read from GenerationRequest so they are written once, except the seed, which the doors draw per request.
-DOOR_FIELDS = ("negative_prompt", "guidance", "steps", "width", "height", "batch_size", "strength", "shift",
-               "cfg_truncation", "cfg_normalization")
-DOOR_DEFAULTS: dict[str, Any] = {**{f.name: f.default for f in dataclasses.fields(GenerationRequest)
-                                    if f.name in DOOR_FIELDS}, "seed": RANDOM_SEED}
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
-
-# field -> (low, high) for the numeric fields that have no setting of their own.
-FIXED_RANGES: dict[str, tuple[float, float]] = {
-    "guidance": (0.0, 20.0),
-    "strength": (0.01, 1.0),
-    "shift": (0.1, 20.0),
-    "cfg_truncation": (0.0, 1.0),
-    "cfg_normalization": (0.0, 10.0),
-    "seed": (RANDOM_SEED, MAX_SEED),
-}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -46,44 +28,72 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def check_prompt_text(prompt: str, settings: Settings) -> str:
-    """Reject empty or absurdly long prompts before they reach the tokenizer."""
-    if not prompt or not prompt.strip():
-        raise ServiceError("prompt_empty", field="prompt")
-    if len(prompt) > settings.max_prompt_chars:
-        raise ServiceError("prompt_too_many_chars", field="prompt", chars=len(prompt),
-                           limit=settings.max_prompt_chars)
-    return prompt
+# The prompt fields: both have the same limits; their errors use the keys <field>_too_many_chars / _too_long.
+PROMPT_FIELDS = ("prompt", "negative_prompt")
+# Formats an upload may be (Pillow tries only these): no EPS (Ghostscript), no other exotic decoder.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 
 
-def check_prompt_tokens(prompt: str, settings: Settings, count_tokens: Callable[[str], int]) -> int:
-    """Token count of `prompt`; an error when it exceeds the limit (we never cut prompts silently)."""
-    tokens = count_tokens(prompt)
-    if tokens > settings.max_prompt_tokens:
-        raise ServiceError("prompt_too_long", field="prompt", tokens=tokens, limit=settings.max_prompt_tokens)
+def check_text(field: str, text: str) -> str:
+    """Text the tokenizer and the PNG recipe can hold: valid Unicode (JSON can carry lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ServiceError("text_not_unicode", field=field) from None
+    return text
+
+
+def check_prompt_text(field: str, text: str, settings: Settings) -> str:
+    """Reject an empty prompt, and absurdly long or invalid prompt text, before it reaches the tokenizer."""
+    if field == "prompt" and (not text or not text.strip()):
+        raise ServiceError("prompt_empty", field=field)
+    if len(text) > settings.max_prompt_chars:
+        raise ServiceError(f"{field}_too_many_chars", field=field, chars=len(text), limit=settings.max_prompt_chars)
+    return check_text(field, text)
+
+
+def check_prompt_tokens(field: str, text: str, limit: int, count_tokens: Callable[[str], int]) -> int:
+    """Token count of prompt field `field`; an error when it exceeds `limit` (prompts are never cut silently)."""
+    tokens = count_tokens(text)
+    if tokens > limit:
+        raise ServiceError(f"{field}_too_long", field=field, tokens=tokens, limit=limit)
     return tokens
 
 
-def check_request(request: GenerationRequest, settings: Settings) -> None:
-    """Range checks for every numeric field of a request; the first violation is raised."""
-    check_prompt_text(request.prompt, settings)
-    for name, value in (("width", request.width), ("height", request.height)):
-        if value % 16 or not settings.min_size <= value <= settings.max_size:
-            raise ServiceError("size_out_of_range", field=name, value=value,
-                               min=settings.min_size, max=settings.max_size)
-    if not 1 <= request.batch_size <= settings.max_batch:
-        raise out_of_range("n", request.batch_size, 1, settings.max_batch)
-    if not 1 <= request.steps <= settings.max_steps:
-        raise out_of_range("steps", request.steps, 1, settings.max_steps)
-    for name, (low, high) in FIXED_RANGES.items():
-        value = getattr(request, name)
-        if not low <= value <= high:
-            raise out_of_range(name, value, low, high)
+def check_request(request: GenerationRequest, settings: Settings, door: str = "gradio") -> None:
+    """Text checks of both prompts, then range checks for every numeric field (the engine's limits narrowed by
+    the settings) and the reference image's shape; the first violation is raised, named as `door` calls it."""
+    for name in PROMPT_FIELDS:
+        check_prompt_text(name, getattr(request, name), settings)
+    for field in NUMERIC_FIELDS:
+        value = getattr(request, field.name)
+        low, high = field_range(field.name, settings)
+        if field.name in ("width", "height"):
+            if value % SIZE_MULTIPLE or not low <= value <= high:
+                raise ServiceError("size_out_of_range", field=field.name, value=value, min=low, max=high)
+        elif not low <= value <= high:
+            raise out_of_range(door_name(field.name, door), value, low, high)
+    if request.reference_image is not None:
+        check_reference_shape(request.reference_image.size, (request.width, request.height),
+                              door_name("reference_image", door))
+
+
+def check_reference_shape(size: tuple[int, int], target: tuple[int, int], field: str) -> None:
+    """Refuse a reference the cover-crop would mostly throw away (model.images.MAX_CROP_RATIO)."""
+    ratio = crop_ratio(size, target)
+    if ratio > MAX_CROP_RATIO:
+        raise ServiceError("reference_aspect", field=field, width=size[0], height=size[1], target_width=target[0],
+                           target_height=target[1], ratio=ratio, limit=MAX_CROP_RATIO)
 
 
 def decode_base64_image(text: str, settings: Settings, field: str = "image") -> Image.Image:
     """A base64 string (or data: URL) -> RGB image, with the same limits as a file upload."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    if text.startswith("data:"):
+        header, comma, payload = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ServiceError("bad_base64", field=field)
+    else:
+        payload = text
     # base64 grows data by 4/3: refuse before decoding so a huge string costs nothing.
     if len(payload) * 3 // 4 > settings.max_upload_bytes:
         raise ServiceError("upload_too_large", status=413, field=field, size=len(payload) * 3 // 4,
@@ -103,7 +113,7 @@ def decode_image_bytes(data: bytes, settings: Settings, field: str = "image") ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             # The header gives the size without decoding pixels: a decompression bomb stops here.
             width, height = image.size
             if width * height > settings.max_upload_pixels:

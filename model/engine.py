@@ -13,6 +13,7 @@ a 1024x1024 image decode whole beside the resident transformer on a 16 GB card).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from model.control import conditioning, inpaint
 from model.control.preprocess import preprocess
 from model.control.validation import validate_control, validate_control_inputs
 from model.errors import InvalidRequestError
-from model.images import cover_crop, reference_tensor, to_pil_images, to_rgb
+from model.images import MAX_CROP_RATIO, cover_crop, crop_ratio, reference_tensor, to_pil_images, to_rgb
 from model.loading.controlnet import load_controlnet
 from model.loading.layout import WeightsLayout, detect_layout
 from model.loading.text_encoder import load_text_encoder, load_tokenizer
@@ -39,8 +40,9 @@ from model.loading.transformer import load_transformer
 from model.loading.vae import load_vae
 from model.lora.manager import LoraManager
 from model.memory.manager import MemoryManager
+from model.request import (ENGINE_LIMITS, RANGED_FIELDS, EngineLimits, GenerationRequest, GenerationResult,
+                           StepCallback, encoded_prompts, uses_cfg)
 from model.sampling import catalog, seed_variety
-from model.request import GenerationRequest, GenerationResult, StepCallback
 from model.network.controlnet import ZImageControlNet
 from model.network.text_encoder import PromptEncoder, PromptFeatures
 from model.network.transformer import SEQ_MULTIPLE, ZImageTransformer
@@ -49,9 +51,6 @@ from model.memory.vram import Admission
 
 logger = logging.getLogger(__name__)
 
-MAX_STEPS = 50
-MAX_GUIDANCE = 20.0
-MAX_BATCH = 4
 WARMUP_REQUEST = GenerationRequest(prompt="warm-up", width=256, height=256, steps=1, seed=0)
 
 
@@ -129,6 +128,7 @@ class Engine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         self._validate(request)
+        request = self._fit_caption_capacity(request)
         controlnet = self._controlnet(request)  # before admission: its weights count
         admission = self._admit(request)  # before any work: refuse or adapt instead of running out of memory
         self.loras.activate(request.loras)  # before any transformer work; logs a report per LoRA
@@ -188,6 +188,12 @@ class Engine:
         return {"path": self._controlnet_key[0], "version": net.layout.label, "inpainting": net.layout.takes_mask,
                 "residency": self.memory.plan.component("controlnet").residency}
 
+    @property
+    def limits(self) -> EngineLimits:
+        """ENGINE_LIMITS with this checkpoint's largest side and prompt-token capacity."""
+        return dataclasses.replace(ENGINE_LIMITS, max_side=self.max_side(),
+                                   max_prompt_tokens=caption_capacity(self.transformer.config.axes_lens))
+
     def max_side(self) -> int:
         """Largest width/height in pixels the RoPE tables can address."""
         return min(self.transformer.config.axes_lens[1:]) * self._pixel_multiple()
@@ -225,6 +231,19 @@ class Engine:
         validate_control_inputs(request, net.layout)
         return net
 
+    def _fit_caption_capacity(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with max_sequence_length lowered to what the RoPE table holds, when every prompt's real
+        token count fits there (so nothing is cut that the cap would have kept); else the prompt is refused."""
+        capacity = caption_capacity(self.transformer.config.axes_lens)
+        if request.max_sequence_length <= capacity:
+            return request
+        for field, text in encoded_prompts(request).items():
+            tokens = self.count_tokens(text)
+            _check(tokens <= capacity, field,
+                   f"{field} has {tokens} tokens but this checkpoint holds at most {capacity} caption tokens; "
+                   f"shorten it, or set max_sequence_length <= {capacity} to truncate it")
+        return dataclasses.replace(request, max_sequence_length=capacity)
+
     def _pixel_multiple(self) -> int:
         return self.vae.downscale * self.transformer.config.all_patch_size[0]
 
@@ -232,7 +251,7 @@ class Engine:
         with self.memory.use("text_encoder"):
             positive = self.prompt_encoder.encode(request.prompt, request.max_sequence_length)
             negative = None
-            if request.guidance > 0:
+            if uses_cfg(request.guidance):
                 negative = self.prompt_encoder.encode(request.negative_prompt, request.max_sequence_length)
         return positive, negative  # a truncation is logged by the encoder and reported in the result
 
@@ -327,8 +346,8 @@ class Engine:
     def _admit(self, request: GenerationRequest) -> Admission:
         """Estimated peak device memory of `request` against what is free: OutOfMemoryError when it
         cannot run; otherwise whether to decode in tiles and in what batch chunks (model.memory.vram)."""
-        prompts = [request.prompt] + ([request.negative_prompt] if request.guidance > 0 else [])
-        tokens = min(max(self.count_tokens(p) for p in prompts), request.max_sequence_length)
+        tokens = min(max(self.count_tokens(p) for p in encoded_prompts(request).values()),
+                     request.max_sequence_length)
         admission = self.memory.admit(request, tokens)
         admission.raise_if_refused()
         return admission
@@ -354,32 +373,45 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # rejects NaN
 
 
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Why a value is what it is, appended to the range error of that field.
+_RANGE_HINTS = {
+    "steps": " (Turbo uses 8)",
+    "guidance": " (0 = off, the Turbo default)",
+    "strength": " (1 = ignore the reference image's content)",
+    "cfg_truncation": " (1 = never truncate)",
+    "cfg_normalization": " (0 = off)",
+}
+
+
+def caption_capacity(axes_lens: tuple[int, ...]) -> int:
+    """Most caption tokens the RoPE table holds: positions start at 1 and the image follows at Lc + 1,
+    which must stay inside axes_lens[0]; captions are padded to SEQ_MULTIPLE."""
+    return ((axes_lens[0] - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
+
+
 def _validate_size(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...]) -> None:
     for field, value, axis_len in (("width", request.width, axes_lens[2]), ("height", request.height, axes_lens[1])):
-        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % multiple == 0,
+        _check(_is_whole(value) and value > 0 and value % multiple == 0,
                field, f"{field} must be a positive multiple of {multiple} pixels, got {value!r}; "
                       f"round it to a multiple of {multiple} (e.g. 1024)")
         limit = axis_len * multiple
         _check(value <= limit, field, f"{field} {value} is larger than this model can address ({limit} pixels)")
 
 
-def _validate_sampling(request: GenerationRequest) -> None:
-    _check(isinstance(request.steps, int) and 1 <= request.steps <= MAX_STEPS, "steps",
-           f"steps must be a whole number from 1 to {MAX_STEPS}, got {request.steps!r} (Turbo uses 8)")
-    _check(_is_number(request.guidance) and 0 <= request.guidance <= MAX_GUIDANCE, "guidance",
-           f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {request.guidance!r} (0 = off, the Turbo default)")
-    _check(isinstance(request.batch_size, int) and 1 <= request.batch_size <= MAX_BATCH, "batch_size",
-           f"batch_size must be from 1 to {MAX_BATCH}, got {request.batch_size!r}")
-    _check(_is_number(request.strength) and 0 < request.strength <= 1, "strength",
-           f"strength must be in (0, 1], got {request.strength!r} (1 = ignore the reference image's content)")
-    _check(_is_number(request.shift) and request.shift > 0, "shift", f"shift must be positive, got {request.shift!r}")
-    _check(_is_number(request.cfg_truncation) and request.cfg_truncation >= 0, "cfg_truncation",
-           f"cfg_truncation must be >= 0, got {request.cfg_truncation!r} (1 = never truncate)")
-    _check(_is_number(request.cfg_normalization) and request.cfg_normalization >= 0, "cfg_normalization",
-           f"cfg_normalization must be >= 0, got {request.cfg_normalization!r} (0 = off)")
-    _check(isinstance(request.seed, int) and 0 <= request.seed
-           and request.seed + max(int(request.batch_size), 1) - 1 <= sampler.MAX_SEED,
-           "seed", f"seed must be a whole number from 0 to {sampler.MAX_SEED} - batch_size + 1, got {request.seed!r}")
+def _validate_ranges(request: GenerationRequest, limits: EngineLimits) -> None:
+    """Every ranged field against `limits` (whole numbers where the field is an int)."""
+    for name in RANGED_FIELDS:
+        value, (low, high) = getattr(request, name), limits.range(name)
+        whole = isinstance(low, int)
+        kind = "a whole number from" if whole else "from"
+        _check((_is_whole(value) if whole else _is_number(value)) and low <= value <= high, name,
+               f"{name} must be {kind} {low} to {high}, got {value!r}{_RANGE_HINTS.get(name, '')}")
+    _check(request.seed + request.batch_size - 1 <= limits.seed[1], "seed",
+           f"seed + batch_size - 1 must be at most {limits.seed[1]}, got {request.seed!r}")
 
 
 def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple[int, ...]) -> None:
@@ -388,15 +420,19 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
            "prompt is empty; describe the image you want")
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
-    _validate_sampling(request)
+    _validate_ranges(request, ENGINE_LIMITS)
     catalog.check_choices(request)  # sampler name, seed_variety range
-    # Caption positions start at 1 and the image follows at Lc + 1, which must stay inside axes_lens[0].
-    max_tokens = ((axes_lens[0] - 2) // SEQ_MULTIPLE) * SEQ_MULTIPLE
-    _check(isinstance(request.max_sequence_length, int) and 1 <= request.max_sequence_length <= max_tokens,
-           "max_sequence_length",
-           f"max_sequence_length must be from 1 to {max_tokens}, got {request.max_sequence_length!r}")
-    _check(request.reference_image is None or isinstance(request.reference_image, Image.Image),
+    # Above the checkpoint's caption capacity is fine when the prompts are shorter (Engine._fit_caption_capacity).
+    _check(_is_whole(request.max_sequence_length) and request.max_sequence_length >= 1, "max_sequence_length",
+           f"max_sequence_length must be a whole number >= 1, got {request.max_sequence_length!r}")
+    reference = request.reference_image
+    _check(reference is None or isinstance(reference, Image.Image),
            "reference_image", "reference_image must be a PIL image (decode the upload first)")
+    if reference is not None:
+        ratio = crop_ratio(reference.size, (request.width, request.height))
+        _check(ratio <= MAX_CROP_RATIO, "reference_image",
+               f"reference_image {reference.width}x{reference.height} differs {ratio:.0f}-fold in shape from "
+               f"{request.width}x{request.height} (at most {MAX_CROP_RATIO:g}); crop it closer to the output's shape")
 
 
 class _TransformerVelocity:

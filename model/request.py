@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -47,6 +48,62 @@ class GenerationRequest:
     control_image: "Image.Image | None" = None
     control_mode: str = "map"
     control_scale: float = 0.75
+
+
+# Seeds are one torch.Generator seed each (64 bits); image i of a batch uses seed + i.
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Inclusive (low, high) ranges the model honours for each numeric request field.
+
+    The engine refuses anything outside; the app may narrow these (its settings) but never widen them.
+    `max_side` (pixels) and `max_prompt_tokens` depend on the checkpoint's RoPE tables: None until one is
+    loaded (Engine.limits fills them in).
+    """
+
+    steps: tuple[int, int] = (1, 50)
+    batch_size: tuple[int, int] = (1, 4)
+    guidance: tuple[float, float] = (0.0, 20.0)
+    strength: tuple[float, float] = (0.01, 1.0)  # 1 ignores the reference's content; below 0.01 no step runs
+    shift: tuple[float, float] = (0.1, 20.0)
+    cfg_truncation: tuple[float, float] = (0.0, 1.0)  # normalised time; 1 = never truncate
+    cfg_normalization: tuple[float, float] = (0.0, 10.0)  # 0 = off
+    seed: tuple[int, int] = (0, MAX_SEED)
+    max_side: int | None = None
+    max_prompt_tokens: int | None = None
+
+    def range(self, name: str) -> tuple[float, float]:
+        return getattr(self, name)
+
+    def narrowed(self, **highs: float) -> "EngineLimits":
+        """A copy with lower upper bounds (policy); raises ValueError when one would widen a range."""
+        changes = {}
+        for name, high in highs.items():
+            low, limit = self.range(name)
+            if high > limit:
+                raise ValueError(f"{name} can be at most {limit} (the engine's limit), got {high}")
+            changes[name] = (low, high)
+        return dataclasses.replace(self, **changes)
+
+
+# The request fields EngineLimits gives a range (every (low, high) field above).
+RANGED_FIELDS = tuple(f.name for f in dataclasses.fields(EngineLimits) if isinstance(f.default, tuple))
+ENGINE_LIMITS = EngineLimits()
+
+
+def uses_cfg(guidance: float) -> bool:
+    """Classifier-free guidance runs (and the negative prompt is encoded) exactly when guidance > 0."""
+    return guidance > 0
+
+
+def encoded_prompts(request: GenerationRequest) -> dict[str, str]:
+    """Field name -> text of every prompt the engine encodes for `request` (the negative one only with CFG)."""
+    prompts = {"prompt": request.prompt}
+    if uses_cfg(request.guidance):
+        prompts["negative_prompt"] = request.negative_prompt
+    return prompts
 
 
 @dataclass(frozen=True)

@@ -71,21 +71,29 @@ def _listing(root: Path) -> str:
     return shown or "nothing (the folder is empty)"
 
 
+def find_layout(path: str | Path) -> WeightsLayout | None:
+    """The layout of `path`, or None when it is no weights folder (torch-free: the app checks with it)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return None
+    return _hf_layout(root) or _comfy_layout(root)
+
+
 def detect_layout(path: str | Path) -> WeightsLayout:
     """Recognise `path`; raise CheckpointError naming what was found and what either layout needs."""
     root = Path(path).expanduser()
+    layout = find_layout(root)
+    if layout is not None:
+        logger.info("weights at %s: %s layout", root, layout.kind)
+        return layout
     if not root.is_dir():
         raise CheckpointError(
             f"weights folder {root} does not exist. Fix: download the weights "
-            "(scripts/download_weights.py) or point the server at the folder that holds them."
+            "(.venv/bin/python scripts/download_weights.py) or point the server at the folder that holds them."
         )
-    layout = _hf_layout(root) or _comfy_layout(root)
-    if layout is None:
-        raise CheckpointError(
-            f"{root} is not a Z-Image-Turbo weights folder. Found: {_listing(root)}. Expected either "
-            f"the Hugging Face layout ({', '.join(HF_REQUIRED)}; scheduler/ optional) or the ComfyUI files "
-            f"({', '.join(COMFY_FILES.values())}, each at the top or in its ComfyUI sub-folder) "
-            "plus a tokenizer/ folder."
-        )
-    logger.info("weights at %s: %s layout", root, layout.kind)
-    return layout
+    raise CheckpointError(
+        f"{root} is not a Z-Image-Turbo weights folder. Found: {_listing(root)}. Expected either "
+        f"the Hugging Face layout ({', '.join(HF_REQUIRED)}; scheduler/ optional) or the ComfyUI files "
+        f"({', '.join(COMFY_FILES.values())}, each at the top or in its ComfyUI sub-folder) "
+        "plus a tokenizer/ folder."
+    )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 from torch import nn
 
 from model.errors import OutOfMemoryError
+from model.request import uses_cfg
 from model.network.transformer import SEQ_MULTIPLE  # image and caption token counts are padded to this
 from model.network.vae import DEFAULT_TILE  # tiled decoding keeps at most (DEFAULT_TILE * 8)^2 pixels on the device
 
@@ -98,7 +99,7 @@ class RequestShape:
 
     @property
     def uses_cfg(self) -> bool:
-        return self.guidance > 0
+        return uses_cfg(self.guidance)
 
 
 # What a memory mode must fit to be chosen: the product's promise, one 1024x1024 image (tiled VAE decode

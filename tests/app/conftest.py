@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,13 +12,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from app.engine_loader import engine_factory  # noqa: E402
 from app_helpers import STEP_DELAY, make_settings  # noqa: E402
-from live_server import LiveServer, start_server  # noqa: E402
-from tests.model.lora_writers import comfy_format, linear_shapes, peft_format, random_lora, write  # noqa: E402
+
+if TYPE_CHECKING:
+    from live_server import LiveServer
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     """The real app on the tiny model, shared by the acceptance tests (queue size 6, slowed steps)."""
+    from live_server import start_server  # gradio loads with the first test that needs the server
+
     tmp = tmp_path_factory.mktemp("app-tiny")
     settings = make_settings(tmp, weights_dir=tiny_model_dir / "comfy", debug_step_delay=STEP_DELAY)
     live = start_server(settings, engine_factory(settings))
@@ -40,6 +44,8 @@ def direct_engine(tiny_server: LiveServer):
 def tiny_loras(tiny_server: LiveServer, direct_engine) -> dict[str, Path]:
     """Two LoRAs for the tiny model in the server's LoRA folder: `ink` (PEFT names, every Linear) and
     `glow` (ComfyUI names with fused qkv, attention layers only)."""
+    from tests.model.lora_writers import comfy_format, linear_shapes, peft_format, random_lora, write  # torch
+
     folder = tiny_server.service.settings.lora_dir
     shapes = linear_shapes(direct_engine.transformer)
     tensors, metadata = peft_format(random_lora(shapes, 4, seed=31), alpha=4.0)

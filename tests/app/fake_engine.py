@@ -7,7 +7,7 @@ import time
 from PIL import Image
 
 from model.errors import InvalidRequestError
-from model.request import GenerationRequest, GenerationResult, StepCallback, StepProgress
+from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest, GenerationResult, StepCallback, StepProgress
 
 
 class FakeEngine:
@@ -38,8 +38,12 @@ class FakeEngine:
         return len(prompt.split()) + 8
 
     def describe(self) -> dict:
-        return {"layout": "fake", "weight_files": ["fake.safetensors"], "dtype": "float32", "device": "cpu",
+        return {"layout": "fake", "weights": {"transformer": "fake.safetensors"}, "dtype": "float32", "device": "cpu",
                 "attention_backend": "sdpa", "memory_mode": "full", "version": "test"}
 
     def warmup(self) -> None:
         self.warmed_up = True
+
+    @property
+    def limits(self) -> EngineLimits:
+        return ENGINE_LIMITS

@@ -12,7 +12,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from app.engine_loader import engine_factory
-from app.lora_slots import NO_LORA_LABEL
+from app.ui.slots import NO_LORA_LABEL
 from app.metadata import read_recipe
 from app_helpers import make_settings
 from live_server import LiveServer, start_server

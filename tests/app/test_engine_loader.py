@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine_loader import engine_factory, weights_present
+from app.engine_loader import engine_factory
+from model.loading.layout import find_layout
 from app.errors import ServiceError
 from app_helpers import make_settings
 
@@ -15,12 +16,12 @@ from app_helpers import make_settings
 def test_both_layouts_are_recognised_and_load(tiny_model_dir: Path, tmp_path: Path):
     for layout in ("hf", "comfy"):
         folder = tiny_model_dir / layout
-        assert weights_present(folder)
+        assert find_layout(folder) is not None
         engine = engine_factory(make_settings(tmp_path, weights_dir=folder))()
         assert engine.describe()["layout"] == layout
-    assert not weights_present(tmp_path / "missing")
+    assert find_layout(tmp_path / "missing") is None
     (tmp_path / "empty").mkdir()
-    assert not weights_present(tmp_path / "empty")
+    assert find_layout(tmp_path / "empty") is None
 
 
 def test_broken_weights_are_explained_with_what_was_found(tiny_model_dir: Path, tmp_path: Path):
@@ -32,3 +33,19 @@ def test_broken_weights_are_explained_with_what_was_found(tiny_model_dir: Path, 
     err = caught.value
     assert err.status == 503 and err.key == "weights_missing"
     assert "ae.safetensors" in err.message("en") and "scripts/download_weights.py" in err.message("en")
+
+
+def test_missing_weights_banner_gives_a_command_that_works(tmp_path: Path):
+    with pytest.raises(ServiceError) as caught:
+        engine_factory(make_settings(tmp_path, weights_dir=tmp_path / "nothing-here"))()
+    for lang in ("en", "zh"):
+        message = caught.value.message(lang)
+        # The system python lacks the packages: the venv's python (or the setup script) is what works.
+        assert "`.venv/bin/python scripts/download_weights.py`" in message
+        assert "`bash scripts/setup_and_start.sh`" in message
+        assert "`python scripts/" not in message
+
+
+def test_dtype_auto_loads_float32_on_the_cpu(tiny_model_dir: Path, tmp_path: Path):
+    engine = engine_factory(make_settings(tmp_path, weights_dir=tiny_model_dir / "comfy", dtype="auto"))()
+    assert engine.describe()["dtype"] == "float32"

@@ -17,10 +17,11 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app.api import ImagesRequest
-from app.export_code import DEFAULTS as EXPORT_DEFAULTS
-from app.export_code import snippets_for
+from app.ui.export import DEFAULTS as EXPORT_DEFAULTS
+from app.ui.export import snippets_for
 from app.metadata import read_recipe
-from app.validation import DOOR_FIELDS, parse_size
+from app.fields import DOOR_FIELDS
+from app.validation import parse_size
 from app_helpers import TEST_QUEUE_SIZE
 from live_server import LiveServer
 from model.request import GenerationRequest
@@ -164,6 +165,7 @@ def completed_gradio_recipe(event_stream: str) -> dict:
         return read_recipe(image)
 
 
+@pytest.mark.slow  # runs the snippets in bash / fresh python processes
 @pytest.mark.parametrize("reference", [False, True], ids=["text-only", "with-reference"])
 def test_exported_shell_and_openai_snippets_run_against_the_server(tiny_server: LiveServer, tiny_loras, tmp_path,
                                                                   reference):

@@ -93,6 +93,7 @@ def stop_app_process(process: subprocess.Popen) -> str:
     return output
 
 
+@pytest.mark.slow  # a real `python -m app` process
 def test_without_weights_the_app_serves_an_explanation(tmp_path: Path):
     missing = tmp_path / "no-weights"
     process, url = start_app_process(tmp_path, ZIMAGE_WEIGHTS_DIR=str(missing))
@@ -118,6 +119,7 @@ def test_without_weights_the_app_serves_an_explanation(tmp_path: Path):
     assert any(line[:4].isdigit() and " ERROR app.service: " in line for line in output.splitlines())
 
 
+@pytest.mark.slow  # real `python -m app` processes on the tiny model
 @pytest.mark.parametrize("grace, steps, status", [(20, 20, 200), (1, 50, 503)],
                          ids=["finishes-within-grace", "cancelled-after-grace"])
 def test_sigterm_is_graceful_and_exits_zero(tmp_path: Path, tiny_model_dir: Path, grace: int, steps: int,

@@ -14,16 +14,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app.export_code import snippets_for
+from app.ui.export import snippets_for
 from app.metadata import read_recipe
 from live_server import LiveServer
 from model.request import GenerationRequest, LoraSpec
-from tests.model.lora_writers import write
 
 REQUEST = dict(prompt="a paper lantern 灯笼", seed=5, width=128, height=128, steps=2)
 FORM = dict(prompt=REQUEST["prompt"], negative_prompt="", guidance=0.0, steps=2, seed=5, width=128, height=128,
@@ -49,6 +47,8 @@ def expected(direct_engine, tiny_loras) -> dict[str, np.ndarray]:
         specs = tuple(LoraSpec(str(tiny_loras[name]), scale, name) for name, scale in pairs)
         result = direct_engine.generate(GenerationRequest(**REQUEST, loras=specs))
         return np.asarray(result.images[0].convert("RGB"))
+
+    import torch  # torch loads with the tiny model, not while collecting
 
     with torch.inference_mode():
         images = {"none": image(), "rest": image(*REST_SET), "gradio": image(*GRADIO_SET)}
@@ -110,6 +110,10 @@ def test_queued_rest_and_gradio_jobs_each_get_their_own_lora_set(tiny_server: Li
 
 def test_bad_lora_is_refused_with_its_report_and_the_next_request_is_served(
         tiny_server: LiveServer, client: Client, expected: dict[str, np.ndarray]):
+    import torch
+
+    from tests.model.lora_writers import write
+
     folder = tiny_server.service.settings.lora_dir
     bad = write(folder / "sdxl-style.safetensors",
                 {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),

@@ -8,7 +8,7 @@ import subprocess
 
 from PIL import Image
 
-from app.export_code import snippets_for
+from app.ui.export import snippets_for
 from app.metadata import build_recipe, encode_png, parameters_text, parse_parameters_text, read_recipe
 from model.request import GenerationRequest
 

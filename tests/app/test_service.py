@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from app.engine_loader import engine_factory
@@ -113,6 +113,8 @@ class OomEngine(FakeEngine):
         if request.batch_size > 2:
             raise EngineOutOfMemory("estimated peak 30.1 GiB exceeds the 15.6 GiB free")
         if request.width > 256:
+            import torch  # only here: the app suite collects without torch
+
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().generate(request, on_step)
 
@@ -196,5 +198,49 @@ def test_missing_weights_leave_the_service_up_with_an_explanation(tmp_path: Path
         assert err.status == 503 and err.key == "weights_missing"
         assert str((tmp_path / "no-weights-here").resolve()) in err.message("en")
         assert "scripts/download_weights.py" in err.message("en") and "未找到模型权重" in err.message("zh")
+    finally:
+        service.shutdown(1.0)
+
+
+def test_uploads_open_only_listed_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An EPS upload never reaches Pillow's EPS plugin (which would run Ghostscript)."""
+    from PIL import EpsImagePlugin
+
+    from app.validation import decode_image_bytes
+
+    calls = []
+    original = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open",
+                        lambda self: (calls.append(True), original(self))[1])
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nshowpage\n"
+    with pytest.raises(ServiceError) as caught:
+        decode_image_bytes(eps, make_settings(tmp_path))
+    assert caught.value.key == "not_an_image" and calls == []
+
+
+def test_negative_prompt_is_checked_under_its_own_name(service: GenerationService):
+    too_long = "x" * (service.settings.max_prompt_chars + 1)
+    with pytest.raises(ServiceError) as caught:
+        service.submit(small_request(negative_prompt=too_long), door="rest")
+    assert caught.value.key == "negative_prompt_too_many_chars" and caught.value.field == "negative_prompt"
+    words = "blur " * service.settings.max_prompt_tokens
+    with pytest.raises(ServiceError) as caught:
+        service.submit(small_request(negative_prompt=words, guidance=2.0), door="rest")
+    assert caught.value.key == "negative_prompt_too_long" and caught.value.field == "negative_prompt"
+    service.submit(small_request(negative_prompt=words), door="rest")  # without CFG it is not encoded
+
+
+def test_service_refuses_prompts_beyond_the_checkpoints_capacity(tmp_path: Path):
+    class SmallRope(FakeEngine):
+        @property
+        def limits(self):
+            return dataclasses.replace(super().limits, max_prompt_tokens=16)
+
+    service = started_service(tmp_path, SmallRope())
+    try:
+        with pytest.raises(ServiceError) as caught:
+            service.submit(small_request(prompt="word " * 20), door="rest")
+        assert caught.value.key == "prompt_too_long" and caught.value.params["limit"] == 16
+        assert service.prompt_token_limit == 16
     finally:
         service.shutdown(1.0)

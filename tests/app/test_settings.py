@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from app.settings import SettingsError, load_settings
+from app import settings as settings_module
+from app.settings import Settings, SettingsError, load_settings, resolve_dtype
+from model.request import ENGINE_LIMITS
 
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_defaults_come_from_configs_app_toml():
+def test_defaults_come_from_the_settings_dataclass():
     settings = load_settings({})
     assert (settings.host, settings.port) == ("127.0.0.1", 7860)
     assert (settings.min_size, settings.max_size, settings.queue_size) == (256, 2048, 8)
@@ -66,7 +70,57 @@ def test_unknown_toml_key_is_an_error(tmp_path: Path):
 
 def test_settings_and_request_types_load_without_torch():
     """The app's settings and the engine's request types import no torch (the engine itself loads lazily)."""
-    code = ("import sys, app.settings, model, model.request, model.errors, model.options; "
+    code = ("import sys, app.settings, app.fields, app.validation, app.engine_loader, model, model.request, "
+            "model.errors, model.options, model.protocol, model.loading.layout; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+def _default_text(value: object) -> str:
+    """A default as the README table and configs/app.toml write it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_configs_app_toml_lists_every_default_as_the_dataclass_has_it():
+    """configs/app.toml overrides nothing by default; its commented lines document the Settings defaults."""
+    text = (REPO / "configs" / "app.toml").read_text(encoding="utf-8")
+    documented = {key: value.strip().strip('"')
+                  for key, value in re.findall(r"^# (\w+) = (\"[^\"]*\"|\S+)", text, flags=re.MULTILINE)}
+    defaults = {f.name: _default_text(f.default) for f in dataclasses.fields(Settings)}
+    assert documented == defaults
+    assert load_settings({}) == Settings()  # nothing in the file is active
+
+
+def test_readme_settings_table_agrees_with_the_defaults():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `ZIMAGE_\w+` \| `([^`]*)` \|", readme, flags=re.MULTILINE))
+    defaults = {f.name: _default_text(f.default) for f in dataclasses.fields(Settings)}
+    assert rows == defaults
+
+
+def test_settings_work_without_configs_app_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG", tmp_path / "absent.toml")
+    assert load_settings({"ZIMAGE_PORT": "7999"}) == Settings(port=7999)
+
+
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_the_cpu():
+    assert Settings().dtype == "auto"
+    assert resolve_dtype("auto", "cuda") == "bfloat16" and resolve_dtype("auto", "cuda:1") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float32", "cuda") == "float32"
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"ZIMAGE_MAX_BATCH": "8"}, ["max_batch", "at most 4", "engine"]),
+    ({"ZIMAGE_MAX_STEPS": "51"}, ["max_steps", "at most 50", "engine"]),
+])
+def test_settings_cannot_raise_the_engines_limits(env: dict, words: list[str]):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+    for word in words:
+        assert word in str(caught.value)
+    assert ENGINE_LIMITS.batch_size[1] == 4 and ENGINE_LIMITS.steps[1] == 50

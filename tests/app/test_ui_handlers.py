@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,14 +12,15 @@ import pytest
 from PIL import Image
 
 from app.errors import ServiceError
-from app.export_code import GRADIO_PARAMETERS
-from app.lora_slots import NO_LORA
+from app.ui.export import GRADIO_PARAMETERS
+from app.ui.slots import NO_LORA
 from app.metadata import encode_png
-from app.presets import SIZE_CLASSES, preset_choices
+from app.ui.presets import SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
+from app.ui.handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
 from app_helpers import make_settings
 from fake_engine import FakeEngine
+from model.request import GenerationRequest
 
 
 @pytest.fixture
@@ -159,3 +161,26 @@ def test_dropped_png_restores_lora_slots_and_warns_about_missing_files(handlers:
     restored, status = dict(zip(RESTORED_OUTPUTS, values)), values[-1]
     assert [restored[f"lora_{slot}_scale"] for slot in (1, 2, 3)] == [0.5, 0.5, 1.0]
     assert "使用了 4 个 LoRA，但表单只有 3 个位置；未填入：'sketch'" in status
+
+
+def test_reuse_last_takes_the_seed_of_the_last_run(handlers: UiHandlers):
+    service = handlers.service
+    service.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not service.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        job = service.submit(GenerationRequest(prompt="a fox", width=128, height=128, steps=1, seed=42,
+                                               batch_size=2), door="test")
+        assert job.wait(10)
+        *_, last = handlers._final_outputs(job, "en")  # the gr.State the generate event leaves behind
+    finally:
+        service.shutdown(1.0)
+    assert handlers.reuse_seed(last, -1) == 42
+    assert handlers.reuse_seed(None, 7) == 7
+
+
+def test_toggle_negative_follows_the_one_cfg_rule():
+    assert UiHandlers.toggle_negative(0.0)["interactive"] is False
+    assert UiHandlers.toggle_negative(0.5)["interactive"] is True
+    assert UiHandlers.toggle_negative(None)["interactive"] is False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,8 @@ BAD_REQUESTS = [
     ("seed", dict(seed=-1)),
     ("max_sequence_length", dict(max_sequence_length=0)),
     ("reference_image", dict(reference_image="not an image")),
+    ("reference_image", dict(reference_image=Image.new("RGB", (1, 400)))),  # a 1x400 strip at 64x48
+    ("cfg_truncation", dict(cfg_truncation=1.5)),
 ]
 
 
@@ -196,3 +200,37 @@ def test_vae_runs_in_the_engine_dtype_unless_told_otherwise(tiny_model_dir, engi
     diff = np.abs(half - full)
     print(f"\n[vae dtype] bf16 vs fp32 decode of the same latents: mean {diff.mean():.2f}, max {diff.max()} levels")
     assert diff.mean() < 2.0
+
+
+def test_engine_limits_are_the_ones_it_enforces(engine):
+    """The engine exposes its limits (torch-free, model.request) and the sampler's seed range is the same."""
+    from model import sampler
+    from model.request import ENGINE_LIMITS, MAX_SEED
+
+    assert sampler.MAX_SEED == MAX_SEED == ENGINE_LIMITS.seed[1]
+    limits = engine.limits
+    assert limits.max_side == engine.max_side()
+    for name in ("steps", "batch_size"):
+        high = limits.range(name)[1]
+        engine._validate(GenerationRequest(prompt="a cat", **SIZE, **{name: high}))
+        with pytest.raises(InvalidRequestError):
+            engine._validate(GenerationRequest(prompt="a cat", **SIZE, **{name: high + 1}))
+
+
+def test_default_request_runs_on_a_checkpoint_with_few_caption_positions(engine, monkeypatch):
+    """max_sequence_length 512 is a cap, not a need: a short prompt fits a RoPE table of 98 positions (96 caption
+    tokens); a prompt that does not fit is refused by name."""
+    small = dataclasses.replace(engine.transformer.config, axes_lens=(98, *engine.transformer.config.axes_lens[1:]))
+    monkeypatch.setattr(engine.transformer, "config", small)
+    assert engine.limits.max_prompt_tokens == 96
+    request = GenerationRequest(prompt="a cat", seed=3, steps=2, **SIZE)
+    assert request.max_sequence_length == 512 and engine.count_tokens("a cat") < 96
+    result = engine.generate(request)
+    assert len(result.images) == 1 and not result.prompt_truncated
+    with pytest.raises(InvalidRequestError) as error:
+        engine.generate(GenerationRequest(prompt="word " * 200, steps=1, **SIZE))
+    assert error.value.field == "prompt" and "96" in str(error.value)
+    with pytest.raises(InvalidRequestError) as error:
+        engine.generate(GenerationRequest(prompt="a cat", negative_prompt="word " * 200, guidance=2.0, steps=1,
+                                          **SIZE))
+    assert error.value.field == "negative_prompt"

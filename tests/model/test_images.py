@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.images import cover_crop, reference_tensor, to_pil_images, to_rgb
+from model.images import MAX_CROP_RATIO, cover_crop, crop_box, crop_ratio, reference_tensor, to_pil_images, to_rgb
 
 
 def test_cover_crop_keeps_aspect_and_takes_the_centre():
@@ -48,3 +48,27 @@ def test_to_pil_rounds_and_clamps():
     decoded = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     image = to_pil_images(decoded)[0]
     assert [image.getpixel((i, 0))[0] for i in range(5)] == [0, 0, 128, 255, 255]
+
+
+def test_cover_crop_crops_before_scaling(monkeypatch):
+    """A 1x400 strip at 1024x1024: only the kept 1x1 centre is resampled (no 1024x409600 intermediate)."""
+    sizes = []
+    original = Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    strip = Image.new("RGB", (1, 400), (5, 6, 7))
+    strip.putpixel((0, 200), (250, 0, 0))
+    out = cover_crop(strip, 1024, 1024)
+    assert out.size == (1024, 1024) and max(w * h for w, h in sizes) <= 1024 * 1024
+    assert out.getpixel((512, 512))[0] > 100  # the centre pixel is what is kept
+
+
+def test_crop_ratio_and_box():
+    assert crop_ratio((1, 400), (1024, 1024)) == 400
+    assert crop_ratio((200, 100), (100, 200)) == 4
+    assert crop_box((200, 100), (64, 64)) == (50, 0, 150, 100)
+    assert crop_ratio((10, 40), (64, 32)) == MAX_CROP_RATIO  # the limit is inclusive

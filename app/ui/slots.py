@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from app.loras import SCALE_RANGE, list_lora_names, lora_path
-from model.lora.manager import file_sha256
+from app.loras import SCALE_RANGE, list_lora_names, lora_path, lora_sha256
 
 MAX_UI_LORAS = 3
 SLOTS = tuple(range(1, MAX_UI_LORAS + 1))
@@ -71,7 +70,7 @@ def usable_recipe_loras(items: Iterable[Mapping[str, Any]], lora_dir: Path
             notes.append(("recipe_lora_missing", {"name": name, "folder": str(lora_dir)}))
             continue
         recorded = item.get("sha256")
-        if recorded and file_sha256(lora_path(lora_dir, name)) != recorded:
+        if recorded and lora_sha256(lora_path(lora_dir, name)) != recorded:
             notes.append(("recipe_lora_changed", {"name": name, "sha256": str(recorded)[:12]}))
         kept.append({"name": name, "scale": _recipe_scale(item.get("scale"))})
     if len(kept) > MAX_UI_LORAS:

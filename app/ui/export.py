@@ -7,16 +7,17 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from app.lora_slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
-from app.validation import DOOR_DEFAULTS
+from app.fields import DOOR_DEFAULTS, FIELDS, FORM_FIELDS, NUMERIC_FIELDS
+from app.ui.slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
 
 API_NAME = "generate"
 REFERENCE_FILE = "reference.png"
-# Order = the Gradio endpoint's positional inputs (the UI handler's parameters).
-GRADIO_PARAMETERS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "batch_size",
-                     "reference_image", "strength", "shift", "cfg_truncation", "cfg_normalization",
-                     *SLOT_PARAMETERS)
+# Order = the Gradio endpoint's positional inputs (the UI handler's parameters): the field table, then the slots.
+GRADIO_PARAMETERS = (*FORM_FIELDS, *SLOT_PARAMETERS)
 DEFAULTS: dict[str, Any] = {**DOOR_DEFAULTS, **SLOT_DEFAULTS}
+# REST fields the snippets pass as OpenAI arguments (prompt=, n=) or as a file (image), not in extra_body.
+OPENAI_ARGUMENTS = ("prompt", "batch_size", "reference_image")
+EXTRA_BODY_FIELDS = tuple(field for field in FIELDS if field.rest and field.name not in OPENAI_ARGUMENTS)
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,8 @@ def normalize(params: dict[str, Any]) -> dict[str, Any]:
     values["reference_image"] = bool(params.get("reference_image"))
     values["loras"] = lora_set(params)
     values.update(slot_values(values["loras"]))
-    for name in ("steps", "seed", "width", "height", "batch_size"):
-        values[name] = int(values[name])
-    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization"):
-        values[name] = float(values[name])
+    for field in NUMERIC_FIELDS:
+        values[field.name] = field.kind(values[field.name])
     return values
 
 
@@ -113,11 +112,9 @@ def rest_body(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def openai_extras(values: dict[str, Any]) -> dict[str, Any]:
-    extras = {"negative_prompt": values["negative_prompt"], "steps": values["steps"],
-              "guidance_scale": values["guidance"], "seed": values["seed"], "shift": values["shift"],
-              "cfg_truncation": values["cfg_truncation"], "cfg_normalization": values["cfg_normalization"]}
-    if values["reference_image"]:
-        extras["strength"] = values["strength"]
+    """The REST body's fields beyond OpenAI's own (what the openai SDK sends as extra_body)."""
+    extras = {field.rest: values[field.name] for field in EXTRA_BODY_FIELDS
+              if values["reference_image"] or not field.with_reference_only}
     if values["loras"]:
         extras["loras"] = values["loras"]
     return extras

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
 import io
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
-from app.export_code import GRADIO_PARAMETERS, snippets_for
+from app.fields import NUMERIC_FIELDS, RESTORED_FIELDS
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
-from app.lora_slots import (SLOT_PARAMETERS, SLOTS, filled_slots, name_field, scale_field, slot_choices,
-                            slot_values, usable_recipe_loras)
 from app.loras import check_scale, list_lora_names, resolve_loras
 from app.metadata import read_recipe
-from app.presets import preset_choices
 from app.service import EngineState, GenerationService
-from app.ui_strings import ui_text
+from app.ui.export import GRADIO_PARAMETERS, snippets_for
+from app.ui.presets import preset_choices
+from app.ui.slots import (SLOT_PARAMETERS, SLOTS, filled_slots, name_field, scale_field, slot_choices,
+                          slot_values, usable_recipe_loras)
+from app.ui.strings import ui_text
 from app.validation import open_uploaded_file, parse_size
-from model.request import GenerationRequest
+from model.request import GenerationRequest, uses_cfg
 
 POLL_SECONDS = 0.5
-# Form fields a dropped PNG's recipe restores, in the order restore_from_png returns them.
-RESTORED_FIELDS = ("prompt", "negative_prompt", "guidance", "steps", "seed", "width", "height", "strength",
-                   "shift", "cfg_truncation", "cfg_normalization")
 # Everything restore_from_png sets before the batch size and the status: the fields, then the LoRA slots.
 RESTORED_OUTPUTS = RESTORED_FIELDS + SLOT_PARAMETERS
 NAME_FIELDS = tuple(name_field(slot) for slot in SLOTS)
@@ -47,6 +46,18 @@ def base_url(request: gr.Request | None) -> str:
     return f"{scheme}://{headers.get('host', '127.0.0.1:7860')}"
 
 
+def with_api_signature(method: Callable[..., Iterator[tuple]]) -> Callable[..., Iterator[tuple]]:
+    """Give `method(self, *values)` the signature Gradio reads for the public API: one parameter per
+    GRADIO_PARAMETERS entry (named and ordered by the field table), then lang, request and progress."""
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, plain) for name in ("self", *GRADIO_PARAMETERS, "lang")]
+    parameters += [inspect.Parameter("request", plain, annotation=gr.Request),
+                   inspect.Parameter("progress", plain, default=gr.Progress())]
+    method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    method.__annotations__ = {"request": gr.Request}  # Gradio finds the gr.Request parameter by its type
+    return method
+
+
 class UiHandlers:
     """Event functions bound to one service (the parameter names of `generate` are the public API)."""
 
@@ -55,19 +66,15 @@ class UiHandlers:
         self.settings = service.settings
 
     # ---- generation -------------------------------------------------------------------------
-    def generate(self, prompt: str, negative_prompt: str, guidance: float, steps: int, seed: int, width: int,
-                 height: int, batch_size: int, reference_image: dict | str | None, strength: float, shift: float,
-                 cfg_truncation: float, cfg_normalization: float, lora_1: str | None, lora_1_scale: float,
-                 lora_2: str | None, lora_2_scale: float, lora_3: str | None, lora_3_scale: float,
-                 lang: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+    @with_api_signature
+    def generate(self, *values: Any) -> Iterator[tuple]:
         """Submit to the shared queue, then stream position, step progress and finally the images.
 
-        The parameters before `lang` are the public API, in GRADIO_PARAMETERS order (lora_N / lora_N_scale:
-        LoRA slot N, "" or None = empty)."""
+        `values`: the public API parameters in GRADIO_PARAMETERS order (lora_N / lora_N_scale: LoRA slot N,
+        "" or None = empty), then the tab's language, the gr.Request and the gr.Progress."""
+        *form_values, lang, request, progress = values
         lang = request_language(lang, request)
-        form = form_params((prompt, negative_prompt, guidance, steps, seed, width, height, batch_size,
-                            reference_image, strength, shift, cfg_truncation, cfg_normalization,
-                            lora_1, lora_1_scale, lora_2, lora_2_scale, lora_3, lora_3_scale))
+        form = form_params(tuple(form_values))
         try:
             gen_request = self._build_request(form)
             owner = getattr(request, "session_hash", None)
@@ -86,9 +93,7 @@ class UiHandlers:
         image = form["reference_image"]
         path = image.get("path") if isinstance(image, dict) else image
         reference = open_uploaded_file(path, self.settings) if path else None
-        numbers = {name: _number(name, form[name], int) for name in ("width", "height", "steps", "seed", "batch_size")}
-        numbers |= {name: _number(name, form[name], float)
-                    for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization")}
+        numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in NUMERIC_FIELDS}
         return GenerationRequest(
             prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
             reference_image=reference, loras=resolve_loras(lora_items(form), self.settings.lora_dir), **numbers)
@@ -118,7 +123,7 @@ class UiHandlers:
 
     def _final_outputs(self, job: Job, lang: str) -> tuple:
         result = job.result
-        gallery = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png)), f"seed {img.seed}")
+        gallery = [(str(img.path) if img.path else Image.open(io.BytesIO(img.png), formats=["PNG"]), f"seed {img.seed}")
                    for img in result.images]
         seconds = (job.finished_at or 0) - (job.started_at or 0)
         status = translate("status_done", lang, seconds=seconds, seeds=", ".join(map(str, result.seeds)))
@@ -146,7 +151,7 @@ class UiHandlers:
     def count_tokens(self, prompt: str, lang: str | None, request: gr.Request) -> str:
         """Live "Tokens: n / limit" under the prompt (the limit below which prompts are never cut)."""
         lang = request_language(lang, request)
-        limit = self.settings.max_prompt_tokens
+        limit = self.service.prompt_token_limit
         try:
             count = self.service.count_tokens(prompt[: self.settings.max_prompt_chars]) if prompt else 0
         except ServiceError:  # model not loaded (yet)
@@ -155,11 +160,12 @@ class UiHandlers:
 
     @staticmethod
     def toggle_negative(guidance: float) -> dict:
-        return gr.update(interactive=float(guidance or 0) > 0)
+        return gr.update(interactive=uses_cfg(float(guidance or 0)))
 
     @staticmethod
     def reuse_seed(last: dict | None, current: int) -> int:
-        return int(last["seed"]) if last else current
+        """The last run's seed (the batch's first; _final_outputs keeps it in the run's recipe)."""
+        return int(last["recipe"]["seed"]) if last else current
 
     def size_class_changed(self, size_class: str) -> tuple[dict, Any, Any]:
         """A new class offers its aspect ratios and applies the first (square) one."""
@@ -182,7 +188,7 @@ class UiHandlers:
         if not path:
             return skip_all + [gr.skip()]
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=["PNG"]) as image:  # recipes live in PNG text chunks only
                 recipe = read_recipe(image)
         except (OSError, ValueError, Image.DecompressionBombError):
             recipe = None

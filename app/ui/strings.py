@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.lora_slots import MAX_UI_LORAS, SLOTS, name_field, scale_field
+from app.ui.slots import MAX_UI_LORAS, SLOTS, name_field, scale_field
 
 EN: dict[str, str] = {
     "heading": "# Z-Image-Turbo",

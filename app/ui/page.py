@@ -14,14 +14,15 @@ from typing import Any
 
 import gradio as gr
 
-from app.export_code import GRADIO_PARAMETERS
-from app.lora_slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
+from app.fields import FIELD_BY_NAME, RequestField, field_range, fields_in
 from app.loras import SCALE_RANGE, list_lora_names
-from app.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
 from app.service import GenerationService
-from app.ui_handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
-from app.ui_strings import ui_text
-from app.validation import DOOR_DEFAULTS, FIXED_RANGES, MAX_SEED, RANDOM_SEED
+from app.settings import Settings
+from app.ui.export import GRADIO_PARAMETERS
+from app.ui.handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
+from app.ui.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
+from app.ui.slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
+from app.ui.strings import ui_text
 
 
 class Labels:
@@ -32,7 +33,7 @@ class Labels:
         self.entries: list[tuple[Any, dict[str, str]]] = []
 
     def __call__(self, component: Any, **props: str) -> Any:
-        """Register `component`: each prop (label, info, value, ...) names its ui_strings key."""
+        """Register `component`: each prop (label, info, value, ...) names its app.ui.strings key."""
         self.entries.append((component, props))
         return component
 
@@ -62,7 +63,7 @@ def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
     return demo
 
 
-def _build_layout(L: Labels, settings: Any) -> dict[str, Any]:
+def _build_layout(L: Labels, settings: Settings) -> dict[str, Any]:
     """Every component by name: states, header, form, buttons, results, history, export panel."""
     t = L.t
     ui: dict[str, Any] = {"lang": gr.State(None), "last_result": gr.State(None), "history": gr.State([])}
@@ -131,26 +132,44 @@ def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: g
     demo.load(handlers.lora_choices, outputs=[ui[name_field(slot)] for slot in SLOTS], **private)
 
 
-def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
-    """Prompt, guidance/steps/seed, size presets, batch, reference image, advanced: name -> component."""
+def _labelled(field: RequestField) -> dict[str, str]:
+    """prop -> app.ui.strings key of a table field's label and help line (for Labels)."""
+    return {"label": field.label_key} | ({"info": field.info} if field.info else {})
+
+
+def _slider(L: Labels, name: str, settings: Settings) -> Any:
+    """A table field as a slider: range from the engine's limits and the settings, default from the engine."""
+    field = FIELD_BY_NAME[name]
+    low, high = field_range(name, settings)
+    props = _labelled(field)
+    value = min(max(field.default, low), high)
+    slider = gr.Slider(low, high, value=value, step=field.step, elem_id=field.dom_id,
+                       **{prop: L.t(key) for prop, key in props.items()})
+    return L(slider, **props)
+
+
+def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
+    """Prompt, guidance/steps/seed, size presets, batch, reference image, advanced: name -> component.
+
+    The main fields are placed here; every field of the "advanced" section is a slider in the Advanced
+    accordion, in table order, so a new numeric field appears there without touching this function."""
     t = L.t
     f: dict[str, Any] = {}
     f["prompt"] = L(gr.Textbox(label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, elem_id="prompt"),
                     label="prompt", placeholder="prompt_placeholder")
     f["tokens"] = gr.Markdown(elem_id="token-count")
-    f["negative_prompt"] = L(gr.Textbox(DOOR_DEFAULTS["negative_prompt"], label=t("negative_prompt"),
-                                        info=t("negative_info"), lines=1, interactive=False,
-                                        elem_id="negative-prompt"),
-                             label="negative_prompt", info="negative_info")
+    negative = FIELD_BY_NAME["negative_prompt"]
+    f["negative_prompt"] = L(gr.Textbox(negative.default, label=t(negative.label_key), info=t(negative.info),
+                                        lines=1, interactive=False, elem_id=negative.dom_id),
+                             **_labelled(negative))
     with gr.Row():
-        f["guidance"] = L(gr.Slider(*FIXED_RANGES["guidance"], value=DOOR_DEFAULTS["guidance"], step=0.5,
-                                    label=t("guidance"), info=t("guidance_info"), elem_id="guidance"),
-                          label="guidance", info="guidance_info")
-        f["steps"] = L(gr.Slider(1, settings.max_steps, value=DOOR_DEFAULTS["steps"], step=1, label=t("steps"),
-                                 info=t("steps_info"), elem_id="steps"), label="steps", info="steps_info")
+        f["guidance"] = _slider(L, "guidance", settings)
+        f["steps"] = _slider(L, "steps", settings)
     with gr.Row(equal_height=True):
-        f["seed"] = L(gr.Number(value=DOOR_DEFAULTS["seed"], precision=0, minimum=RANDOM_SEED, maximum=MAX_SEED,
-                                label=t("seed"), info=t("seed_info"), elem_id="seed"), label="seed", info="seed_info")
+        seed = FIELD_BY_NAME["seed"]
+        low, high = field_range("seed", settings)
+        f["seed"] = L(gr.Number(value=seed.default, precision=0, minimum=low, maximum=high, label=t(seed.label_key),
+                                info=t(seed.info), elem_id=seed.dom_id), **_labelled(seed))
         f["seed_random"] = L(gr.Button(t("seed_random"), size="sm", elem_id="seed-random"), value="seed_random")
         f["seed_reuse"] = L(gr.Button(t("seed_reuse"), size="sm", elem_id="seed-reuse"), value="seed_reuse")
     with gr.Row():
@@ -160,30 +179,18 @@ def _build_form(L: Labels, settings: Any) -> dict[str, Any]:
         f["preset"] = L(gr.Dropdown(presets, value=presets[0][1] if presets else None, label=t("aspect"),
                                     elem_id="size-preset"), label="aspect")
     with gr.Row():
-        size = {axis: min(max(DOOR_DEFAULTS[axis], settings.min_size), settings.max_size)
-                for axis in ("width", "height")}
-        f["width"] = L(gr.Slider(settings.min_size, settings.max_size, value=size["width"], step=16, label=t("width"),
-                                 elem_id="width"), label="width")
-        f["height"] = L(gr.Slider(settings.min_size, settings.max_size, value=size["height"], step=16,
-                                  label=t("height"), elem_id="height"), label="height")
-    f["batch_size"] = L(gr.Slider(1, settings.max_batch, value=DOOR_DEFAULTS["batch_size"], step=1,
-                                  label=t("batch"), elem_id="batch"), label="batch")
+        f["width"] = _slider(L, "width", settings)
+        f["height"] = _slider(L, "height", settings)
+    f["batch_size"] = _slider(L, "batch_size", settings)
     with gr.Row():
-        f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"], label=t("reference"),
-                                          elem_id="ref-img", height=220), label="reference")
-        f["strength"] = L(gr.Slider(*FIXED_RANGES["strength"], value=DOOR_DEFAULTS["strength"], step=0.01,
-                                    label=t("strength"), info=t("strength_info"), elem_id="strength"),
-                          label="strength", info="strength_info")
+        reference = FIELD_BY_NAME["reference_image"]
+        f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"],
+                                          label=t(reference.label_key), elem_id=reference.dom_id, height=220),
+                                 **_labelled(reference))
+        f["strength"] = _slider(L, "strength", settings)
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
-        f["shift"] = L(gr.Slider(*FIXED_RANGES["shift"], value=DOOR_DEFAULTS["shift"], step=0.1, label=t("shift"),
-                                 elem_id="shift"), label="shift")
-        f["cfg_truncation"] = L(gr.Slider(*FIXED_RANGES["cfg_truncation"], value=DOOR_DEFAULTS["cfg_truncation"],
-                                          step=0.01, label=t("cfg_truncation"), elem_id="cfg-truncation"),
-                                label="cfg_truncation")
-        f["cfg_normalization"] = L(gr.Slider(*FIXED_RANGES["cfg_normalization"],
-                                             value=DOOR_DEFAULTS["cfg_normalization"], step=0.05,
-                                             label=t("cfg_normalization"), elem_id="cfg-normalization"),
-                                   label="cfg_normalization")
+        for field in fields_in("advanced"):
+            f[field.name] = _slider(L, field.name, settings)
     return f
 
 

@@ -1,0 +1,91 @@
+"""The field table (app.fields) drives every door, and the doors' limits sit inside the engine's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from app.api import ImagesRequest
+from app.errors import ServiceError
+from app.fields import (DOOR_DEFAULTS, FIELDS, FORM_FIELDS, NUMERIC_FIELDS, RANDOM_SEED, RESTORED_FIELDS,
+                        door_limits, field_range)
+from app.metadata import build_recipe
+from app.settings import Settings
+from app.ui.export import GRADIO_PARAMETERS, normalize, openai_extras
+from app.validation import check_request
+from model.errors import InvalidRequestError
+from model.request import ENGINE_LIMITS, RANGED_FIELDS, GenerationRequest
+
+
+def test_every_field_is_a_request_field_and_a_gradio_parameter_in_table_order():
+    request_fields = {f.name for f in dataclasses.fields(GenerationRequest)}
+    assert set(FORM_FIELDS) <= request_fields
+    assert GRADIO_PARAMETERS[:len(FIELDS)] == FORM_FIELDS
+    assert {f.name for f in NUMERIC_FIELDS} == set(RANGED_FIELDS) | {"width", "height"}
+
+
+def test_rest_model_has_every_field_under_its_rest_name_with_the_engines_default():
+    body = ImagesRequest(prompt="x")
+    for field in FIELDS:
+        if field.rest and field.name not in ("prompt", "reference_image"):
+            assert getattr(body, field.rest) == DOOR_DEFAULTS[field.name], field.name
+    assert body.n == GenerationRequest.batch_size and body.guidance_scale == GenerationRequest.guidance
+
+
+def test_recipe_records_and_restore_reads_every_field():
+    request = GenerationRequest(prompt="p", negative_prompt="n", guidance=1.5, steps=3, seed=9, width=128,
+                                height=256, batch_size=2, strength=0.4, shift=2.5, cfg_truncation=0.5,
+                                cfg_normalization=1.0)
+    recipe = build_recipe(request, 10, 1, {}, [], {"used": True}, {})
+    for name in FORM_FIELDS:
+        if name != "reference_image":
+            expected = 10 if name == "seed" else getattr(request, name)
+            assert recipe[name] == expected, name
+    assert build_recipe(request, 10, 1, {}, [], None, {})["strength"] is None  # no reference, no strength
+    assert set(RESTORED_FIELDS) == set(FORM_FIELDS) - {"batch_size", "reference_image"}
+
+
+def test_snippets_carry_every_rest_field():
+    values = normalize({"prompt": "p", "reference_image": True})
+    extras = openai_extras(values)
+    for field in FIELDS:
+        if field.rest and field.name not in ("prompt", "batch_size", "reference_image"):
+            assert extras[field.rest] == DOOR_DEFAULTS[field.name], field.name
+    assert "strength" not in openai_extras(normalize({"prompt": "p"}))
+
+
+def test_door_limits_are_the_engines_narrowed_by_the_settings():
+    settings = Settings(max_batch=2, max_steps=20)
+    limits = door_limits(settings)
+    assert limits.batch_size == (1, 2) and limits.steps == (1, 20)
+    for name in RANGED_FIELDS:
+        low, high = field_range(name, settings)
+        engine_low, engine_high = ENGINE_LIMITS.range(name)
+        assert (low == RANDOM_SEED if name == "seed" else low == engine_low) and high <= engine_high, name
+    with pytest.raises(ValueError, match="engine's limit"):
+        ENGINE_LIMITS.narrowed(steps=51)
+
+
+@pytest.mark.parametrize("name", RANGED_FIELDS)
+def test_app_and_engine_agree_at_every_bound(name: str):
+    """A value the app accepts the engine accepts too, and one step past the engine's bound both refuse."""
+    from model.engine import validate_request  # torch loads here, not while collecting
+
+    settings = Settings()
+    base = GenerationRequest(prompt="a cat", width=256, height=256)
+    low, high = field_range(name, settings)
+    for value in (max(low, ENGINE_LIMITS.range(name)[0]), high):
+        request = dataclasses.replace(base, **{name: value})
+        check_request(request, settings)
+        validate_request(request, 16, (1536, 512, 512))
+    engine_low, engine_high = ENGINE_LIMITS.range(name)
+    step = 1 if isinstance(engine_high, int) else 0.005
+    outside = [engine_high + step] + ([] if name == "seed" else [engine_low - step])  # the app maps -1 to random
+    for value in outside:
+        request = dataclasses.replace(base, **{name: value})
+        with pytest.raises(ServiceError):
+            check_request(request, settings)
+        with pytest.raises(InvalidRequestError) as caught:
+            validate_request(request, 16, (1536, 512, 512))
+        assert caught.value.field == name
