@@ -140,6 +140,28 @@ def quantize_linears_fp8(module: nn.Module, select: Callable[[str], bool] = is_b
     return len(targets)
 
 
+def use_dynamic_fp8(module: nn.Module, device: torch.device | str, quantize: bool) -> int:
+    """Switch `module`'s fp8 layers to the fp8 GEMM ("dynamic"); with `quantize`, first store its block
+    projections in fp8 (the fast mode of a resident transformer). Returns how many layers use it.
+
+    Only for a module whose layers can still be replaced: a streamed module's offloader holds its
+    tensors, so there only layers quantized before streaming (memory mode low) are switched.
+    """
+    device = torch.device(device)
+    if not dynamic_matmul_supported(device):
+        raise ValueError(f"fp8 matmul 'dynamic' needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                         f"{torch.cuda.get_device_name(device)} is not one. Use fp8 matmul 'weight-only'")
+    if quantize:
+        quantize_linears_fp8(module)
+    layers = [m for m in module.modules() if isinstance(m, Float8Linear)]
+    if not layers:
+        raise ValueError("fp8 matmul 'dynamic' needs fp8 layers: use memory mode 'low', or 'full' (resident)")
+    for layer in layers:
+        layer.matmul = "dynamic"
+    logger.info("%d fp8 layers multiply with the fp8 GEMM (activations quantized per token)", len(layers))
+    return len(layers)
+
+
 def fp8_weight_bytes(module: nn.Module, select: Callable[[str], bool] = is_block_projection) -> int:
     """Bytes `module`'s weights would take after quantize_linears_fp8 (without converting anything)."""
     total = 0

@@ -11,7 +11,8 @@ import torch
 
 from model.loading.transformer import load_transformer
 from model.lora.manager import LoraManager
-from model.memory.fp8 import Float8Linear, dynamic_matmul_supported, quantize_linears_fp8, quantize_rows
+from model.memory.fp8 import (Float8Linear, dynamic_matmul_supported, quantize_linears_fp8, quantize_rows,
+                              use_dynamic_fp8)
 from model.memory.streaming import BlockStreamer
 from model.request import LoraSpec
 from tests.model.lora_writers import linear_shapes, peft_format, random_lora, write
@@ -80,6 +81,18 @@ def test_unknown_fp8_matmul_is_refused_and_cpu_supports_dynamic():
     with pytest.raises(ValueError, match="unknown fp8 matmul"):
         Float8Linear.from_linear(torch.nn.Linear(4, 4), matmul="int4")
     assert dynamic_matmul_supported("cpu")
+
+
+def test_use_dynamic_fp8_switches_fp8_layers_and_refuses_a_module_without_them():
+    """Without quantizing (a streamed module's layers cannot be replaced) there must be fp8 layers."""
+    module = torch.nn.Module()
+    module.layers = torch.nn.ModuleList([torch.nn.Module()])
+    module.layers[0].attention = torch.nn.Module()
+    module.layers[0].attention.to_q = torch.nn.Linear(8, 8)
+    with pytest.raises(ValueError, match="needs fp8 layers"):
+        use_dynamic_fp8(module, "cpu", quantize=False)
+    assert use_dynamic_fp8(module, "cpu", quantize=True) == 1
+    assert module.layers[0].attention.to_q.matmul == "dynamic"
 
 
 @pytest.fixture(scope="module")
