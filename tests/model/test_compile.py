@@ -8,6 +8,7 @@ import torch
 
 from model.runtime.compile import compile_repeated_blocks, compile_transformer
 from model.loading.transformer import load_transformer
+from model.memory.fp8 import quantize_linears_fp8
 from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs, write_hf_transformer
 
 
@@ -41,10 +42,10 @@ def test_streamed_blocks_are_refused():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_folder(tmp_path_factory):
     config = tiny_config()
-    folder = write_hf_transformer(tmp_path_factory.mktemp("compile") / "transformer", config, random_state_dict(config))
-    return load_transformer(folder, dtype=torch.float32), config
+    return write_hf_transformer(tmp_path_factory.mktemp("compile") / "transformer", config,
+                                random_state_dict(config)), config
 
 
 class _CountingBackend:
@@ -58,9 +59,13 @@ class _CountingBackend:
         return graph_module.forward
 
 
-def test_transformer_step_is_one_graph_without_breaks(tiny_model):
+@pytest.mark.parametrize("variant", ["plain", "fused", "fused-fp8-gemm"])
+def test_transformer_step_is_one_graph_without_breaks(tiny_folder, variant):
     """Different caption lengths in one batch (key masks) are the hardest case: still one graph."""
-    model, config = tiny_model
+    folder, config = tiny_folder
+    model = load_transformer(folder, dtype=torch.float32, fuse=variant != "plain")
+    if variant == "fused-fp8-gemm":
+        quantize_linears_fp8(model, matmul="dynamic")
     latents, captions = tiny_inputs(config, [(8, 8), (8, 8)], [7, 40])
     with torch.inference_mode():
         context = model.prepare_context(captions)
