@@ -11,7 +11,8 @@ from model.loading.transformer import load_transformer
 from model.lora.manager import LoraManager
 from model.memory.fp8 import Float8Linear, quantize_linears_fp8
 from model.network.fused import FusedLinear, fuse_state_dict
-from model.network.transformer import ZImageTransformer
+from model.network.rope import apply_rope, apply_rope_pairs, rope_pairs, rope_table
+from model.network.transformer import Attention, ZImageTransformer
 from model.request import LoraSpec
 from tests.model.lora_writers import comfy_format, kohya_format, linear_shapes, peft_format, random_lora, write
 from tests.model.tiny_transformer import (random_state_dict, tiny_config, tiny_inputs, write_comfy_transformer,
@@ -148,3 +149,18 @@ def test_lora_on_fused_fp8_layers_uses_the_runtime_path_on_the_right_rows(checkp
     effect = max((a - b).abs().max().item() for a, b in zip(with_lora[True], plain))
     assert effect > 100 * FP8_ATOL, effect
     assert _same(models[True], base)  # the runtime path never touches the fp8 weights
+
+
+def test_rope_pairs_and_fused_norm_rope_equal_the_complex_definition():
+    """The blocks use real cos/sin pairs (compilable); the complex apply_rope is the tested definition."""
+    config = tiny_config()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 40, config.n_heads, config.head_dim, generator=gen)
+    positions = torch.randint(0, 60, (40, 3), generator=gen)
+    table = rope_table(positions, config.axes_dims, config.rope_theta)[None].expand(2, -1, -1)
+    torch.testing.assert_close(apply_rope_pairs(x, rope_pairs(table)), apply_rope(x, table), rtol=1e-6, atol=1e-6)
+    attention = Attention(config, fused=True)
+    with torch.no_grad():
+        attention.norm_q.weight.copy_(1 + 0.1 * torch.randn(config.head_dim, generator=gen))
+    fused = attention._norm_rope32(attention.norm_q, x, rope_pairs(table))
+    torch.testing.assert_close(fused, apply_rope(attention.norm_q(x), table), rtol=1e-6, atol=1e-6)
