@@ -17,8 +17,9 @@ import dataclasses
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -26,7 +27,7 @@ from PIL import Image
 import model
 from model import sampler
 from model.network.attention import get_attention_backend, set_attention_backend
-from model.runtime.compile import compile_repeated_blocks
+from model.runtime.compile import compile_repeated_blocks, compile_transformer
 from model.runtime.cpu_kernels import use_cpu_kernels
 from model.control import conditioning, inpaint
 from model.control.preprocess import preprocess
@@ -39,7 +40,9 @@ from model.loading.text_encoder import load_text_encoder, load_tokenizer
 from model.loading.transformer import load_transformer
 from model.loading.vae import load_vae
 from model.lora.manager import LoraManager
+from model.memory.fp8 import use_dynamic_fp8
 from model.memory.manager import MemoryManager
+from model.memory.placement import RESIDENT
 from model.request import (ENGINE_LIMITS, RANGED_FIELDS, EngineLimits, GenerationRequest, GenerationResult,
                            StepCallback, encoded_prompts, uses_cfg)
 from model.sampling import catalog, seed_variety
@@ -52,6 +55,7 @@ from model.memory.vram import Admission
 logger = logging.getLogger(__name__)
 
 WARMUP_REQUEST = GenerationRequest(prompt="warm-up", width=256, height=256, steps=1, seed=0)
+WARMUP_PROMPTS = ("warm-up", "warm-up " * 40)  # captions of different multiples of 32 tokens
 
 
 class Engine:
@@ -86,6 +90,9 @@ class Engine:
         max_cached_prompts: int = 32,
         compile_blocks: bool = False,
         vae_dtype: torch.dtype | None = None,
+        fuse_projections: bool = False,
+        compile_mode: str | None = None,
+        fp8_matmul: str = "weight-only",
     ) -> "Engine":
         """Load weights from an HF snapshot folder or a ComfyUI three-file folder (see model.loading.layout)."""
         layout = detect_layout(path)
@@ -97,7 +104,7 @@ class Engine:
         # Components are built on the CPU; the memory manager alone decides what goes to the device.
         text_model = load_text_encoder(layout.text_encoder, dtype=dtype)
         tokenizer = load_tokenizer(layout.tokenizer)
-        transformer = load_transformer(layout.transformer, dtype=dtype)
+        transformer = load_transformer(layout.transformer, dtype=dtype, fuse=fuse_projections)
         vae = load_vae(layout.vae, dtype=vae_dtype or dtype)
         components = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
         if device.type == "cpu":  # oneDNN float32 linears, channels-last convolutions (model.runtime.cpu_kernels)
@@ -106,8 +113,12 @@ class Engine:
                 logger.info("CPU kernels: %d linear layers use oneDNN for float32, convolutions are channels-last",
                             switched)
         memory = MemoryManager(memory_mode, device, components)
+        if fp8_matmul == "dynamic":  # fp8 GEMM (model.memory.fp8): low mode's layers, or all when resident
+            use_dynamic_fp8(transformer, device, quantize=memory.plan.component("transformer").residency == RESIDENT)
         if compile_blocks:  # optional torch.compile of the repeated blocks (model.runtime.compile); off by default
             compile_repeated_blocks(transformer)
+        if compile_mode is not None:  # or of the whole step as one graph; Engine.warmup(sizes) compiles ahead
+            compile_transformer(transformer, mode=compile_mode)
         logger.info("engine loaded from %s (%s layout) in %.1fs", layout.root, layout.kind,
                     time.perf_counter() - started)
         return cls(layout, PromptEncoder(tokenizer, text_model, max_cached_prompts), transformer, vae, memory, dtype)
@@ -198,11 +209,19 @@ class Engine:
         """Largest width/height in pixels the RoPE tables can address."""
         return min(self.transformer.config.axes_lens[1:]) * self._pixel_multiple()
 
-    def warmup(self) -> None:
-        """One tiny generation so the first user image is fast (kernels, allocator, caches)."""
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Tiny generations so the first user image is fast (kernels, allocator, caches, compilation).
+
+        With `sizes` ((width, height) pixels), each size runs with two prompts of different caption
+        lengths: a compiled step (compile_mode) then has its caption length dynamic, so no user waits
+        for a compilation at these sizes whatever the prompt (model.runtime.compile).
+        """
         started = time.perf_counter()
-        self.generate(WARMUP_REQUEST)
-        logger.info("warm-up generation took %.2fs", time.perf_counter() - started)
+        requests = [replace(WARMUP_REQUEST, width=width, height=height, steps=2, prompt=prompt)
+                    for width, height in sizes for prompt in WARMUP_PROMPTS] or [WARMUP_REQUEST]
+        for request in requests:
+            self.generate(request)
+        logger.info("warm-up (%d generations) took %.2fs", len(requests), time.perf_counter() - started)
 
     # ----------------------------------------------------------------------------------- phases
 

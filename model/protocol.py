@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from model.request import EngineLimits, GenerationRequest, GenerationResult, StepCallback
 
@@ -23,7 +23,8 @@ class EngineProtocol(Protocol):
     def describe(self) -> dict[str, Any]:
         ...
 
-    def warmup(self) -> None:
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Tiny generations before serving; with `sizes` ((width, height)), compiled steps are ready for them."""
         ...
 
     @property

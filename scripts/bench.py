@@ -12,10 +12,12 @@
   text encoding is really measured. Stage definitions are the same on both sides: text encoding = the
   prompt-encoding call, VAE = decode + post-processing, denoising = end-to-end minus those two.
 --full-size (GPU): the real architecture with random bf16 weights materialized on the GPU (no download),
-  1024x1024, 8 steps, for each memory mode (balanced and low with the budget of a 16 GB and a 12 GB card):
-  per-stage latency, end-to-end latency, peak VRAM (torch.cuda.max_memory_allocated) and our estimate, as
-  JSON on stdout. `--modes full,low` runs a subset; `--compile-blocks` measures with torch.compile'd blocks (the
-  `compile_blocks` setting). That part lives in scripts/bench_full_size.py.
+  1024x1024, 8 steps. By default the speed variants (`--variants`, default all: eager / compiled /
+  compiled-fused, each bf16 and fp8): stage medians of `--repeats` runs, warm-up (compiling), peak VRAM,
+  syncs per step and `--images` sequential images; `--compile-mode` is torch.compile's mode. Without CUDA
+  it exits 2; `--dry-run` runs it on the CPU with the tiny architecture. `--modes full,balanced,low`
+  instead measures the memory modes (per-stage latency, peak VRAM and our estimate; `--compile-blocks`
+  with torch.compile'd blocks). JSON on stdout. That part lives in scripts/bench_full_size.py.
 """
 
 from __future__ import annotations
@@ -245,7 +247,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per side (--compare-diffusers) or per mode (--full-size); default 5")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="--compare-diffusers: torch threads of each worker (default: torch's default)")
-    parser.add_argument("--modes", default="full,balanced,low", help="--full-size: comma-separated memory modes")
+    parser.add_argument("--modes", default="", help="--full-size: comma-separated memory modes to measure instead "
+                        "of the speed variants (full, balanced, low)")
+    parser.add_argument("--variants", default="all", help="--full-size: comma-separated speed variants or 'all'")
+    parser.add_argument("--images", type=int, default=20, help="--full-size: sequential images for throughput")
+    parser.add_argument("--compile-mode", default="default", help="--full-size: torch.compile mode of the "
+                        "compiled variants (default, max-autotune-no-cudagraphs, reduce-overhead)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="--full-size: run the speed variants on the CPU at tiny size (checks the script only)")
     parser.add_argument("--compile-blocks", action="store_true",
                         help="--full-size: torch.compile the transformer blocks (warmup_s then includes compiling)")
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -257,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(args.worker, args.model_dir, args.prompt)
     if args.compare_diffusers:
         return compare_diffusers(args.repeats, args.threads)
-    from scripts.bench_full_size import full_size
+    from scripts.bench_full_size import VARIANTS, full_size, speed_variants
 
-    return full_size([m.strip() for m in args.modes.split(",") if m.strip()], args.repeats, args.compile_blocks)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if modes:
+        return full_size(modes, args.repeats, args.compile_blocks)
+    variants = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    return speed_variants(variants, args.repeats, args.images, args.compile_mode, args.dry_run)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""`scripts/bench.py --full-size`: the real architecture with random bf16 weights on a GPU, per memory mode.
+"""`scripts/bench.py --full-size`: the real architecture with random bf16 weights on a GPU.
 
 Weights are materialized directly on the GPU (meta-built modules, then normal_), so nothing is downloaded
-and setup takes seconds. For each mode: per-stage latency (device-synchronized), end-to-end latency, peak
-VRAM (torch.cuda.max_memory_allocated after a warm-up), our estimate of it, the plan, and how many
-host-device synchronizations grow with the step count. A failing mode reports its error and the others
-still run. balanced and low get the budget a 16 GB and a 12 GB card leave free, so their plans are the ones
-those cards would get.
+and setup takes seconds. Two measurements:
+- speed variants (the default): eager / compiled (the whole step as one graph, model.runtime.compile) /
+  compiled + fused projections, each in bf16 and with the fp8 GEMM (model.memory.fp8 "dynamic"), memory
+  mode full, 1024x1024, 8 steps: device-synchronized stage medians, the warm-up (which includes
+  compiling), peak VRAM, host syncs per step, and the time of N sequential images (throughput).
+  `--dry-run` runs the same code on the CPU with the tiny architecture (the test suite does, so the
+  script cannot rot); its figures mean nothing.
+- `--modes full,balanced,low`: the memory modes (balanced and low with the budget of a 16 GB and a 12 GB
+  card): per-stage latency, peak VRAM and our estimate of it, the plan.
+A failing variant or mode reports its error and the others still run.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ import sys
 import time
 from dataclasses import replace
 
+from dataclasses import dataclass, field
+
 import torch
 
-from model.runtime.compile import compile_repeated_blocks
+from model import tiny_model
+from model.memory.fp8 import use_dynamic_fp8
+from model.runtime.compile import compile_repeated_blocks, compile_transformer
 from model.network.config import TransformerConfig
 from model.request import GenerationRequest
 from model.network.vae import VAEConfig
@@ -31,6 +40,51 @@ logger = logging.getLogger("bench.full_size")
 
 GPU_SIZE = 1024
 FULL_SIZE_BUDGETS_GIB = {"full": None, "balanced": 15.5, "low": 11.5}  # what a 16 GB / 12 GB card leaves free
+QWEN3_4B = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=35,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+                max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One speed configuration of the transformer."""
+
+    compiled: bool
+    fused: bool
+    fp8: bool
+
+
+VARIANTS = {
+    f"{'compiled-fused' if fused else 'compiled' if compiled else 'eager'}-{'fp8' if fp8 else 'bf16'}":
+        Variant(compiled, fused, fp8)
+    for fp8 in (False, True) for compiled, fused in ((False, False), (True, False), (True, True))
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What is built and how it is run: the real model on CUDA, or the tiny one on the CPU (dry run)."""
+
+    device: str
+    size: int
+    steps: int
+    transformer: TransformerConfig
+    qwen: dict = field(default_factory=lambda: dict(QWEN3_4B))
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    compile_backend: str = "inductor"
+    dtype: torch.dtype = torch.bfloat16
+
+
+def full_scale() -> Scale:
+    return Scale(device="cuda", size=GPU_SIZE, steps=STEPS, transformer=TransformerConfig())
+
+
+def dry_run_scale(vocab_size: int) -> Scale:
+    """The tiny architecture on the CPU in float32 (CPU bf16 convolutions are slow), compiled with the
+    'eager' backend (graph capture, no code generation)."""
+    qwen = dict(tiny_model.QWEN, vocab_size=vocab_size)
+    return Scale(device="cpu", size=64, steps=2, qwen=qwen, vae=tiny_model.VAE, compile_backend="eager",
+                 dtype=torch.float32, transformer=TransformerConfig(cap_feat_dim=qwen["hidden_size"], **tiny_model.TRANSFORMER))
 
 
 def _materialize(module: torch.nn.Module, device: torch.device, std: float = 0.02) -> torch.nn.Module:
@@ -45,22 +99,21 @@ def _materialize(module: torch.nn.Module, device: torch.device, std: float = 0.0
     return module
 
 
-def _full_size_components(device: torch.device, transformer=None):
+def _full_size_components(device: torch.device, transformer=None, scale: Scale | None = None, fused: bool = False):
     from transformers import Qwen3Config, Qwen3Model
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
     from model.network.transformer import ZImageTransformer
     from model.network.vae import FluxVAE
 
-    config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=35,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
-                         max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    scale = scale or full_scale()
+    config = Qwen3Config(**scale.qwen)
     with torch.device("meta"):
-        text = Qwen3Model(config).to(torch.bfloat16)  # as loaded: 35 of 36 layers, no final norm
+        text = Qwen3Model(config).to(scale.dtype)  # as loaded: 35 of 36 layers, no final norm
         text.norm = torch.nn.Identity()
         if transformer is None:
-            transformer = ZImageTransformer(TransformerConfig()).to(torch.bfloat16)
-        vae = FluxVAE(VAEConfig()).to(torch.bfloat16)  # the engine decodes in its own dtype
+            transformer = ZImageTransformer(scale.transformer, fused=fused).to(scale.dtype)
+        vae = FluxVAE(scale.vae).to(scale.dtype)  # the engine decodes in its own dtype
     text = _materialize(text, device).eval()
     text.rotary_emb = Qwen3RotaryEmbedding(config).to(device)  # non-persistent buffer: rebuilt, not random
     if next(transformer.parameters()).device.type == "meta":
@@ -157,3 +210,88 @@ def full_size(modes: list[str], runs: int, compile_blocks: bool = False) -> int:
         torch.cuda.empty_cache()
     print(json.dumps(report, indent=2))
     return 1 if any("error" in result for result in report["modes"].values()) else 0
+
+
+# ------------------------------------------------------------------------------------ speed variants
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_generation(engine, request: GenerationRequest, device: torch.device) -> dict[str, float]:
+    _sync(device)
+    started = time.perf_counter()
+    result = engine.generate(request)
+    _sync(device)
+    # The engine synchronizes the device at the end of each stage, so its stage times are GPU times.
+    return {**result.timings, "total": time.perf_counter() - started}
+
+
+def _run_variant(variant: Variant, scale: Scale, tokenizer, runs: int, images: int, compile_mode: str) -> dict:
+    from model.engine import Engine
+    from model.memory.manager import MemoryManager
+    from model.network.text_encoder import PromptEncoder
+
+    device = torch.device(scale.device)
+    started = time.perf_counter()
+    components = _full_size_components(device, scale=scale, fused=variant.fused)
+    transformer = components["transformer"]
+    if variant.fp8:
+        use_dynamic_fp8(transformer, device, quantize=True)
+    memory = MemoryManager("full", device, components)
+    if variant.compiled:
+        compile_transformer(transformer, mode=compile_mode, backend=scale.compile_backend)
+    engine = Engine(None, PromptEncoder(tokenizer, components["text_encoder"], max_cached=0), transformer,
+                    components["vae"], memory, scale.dtype)
+    request = GenerationRequest(prompt=prompt_of(tokenizer, PROMPT_TOKENS), width=scale.size, height=scale.size,
+                                steps=scale.steps)
+    setup = time.perf_counter() - started
+    warmup = _timed_generation(engine, request, device)["total"]  # compiles the step for this shape
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timings = [_timed_generation(engine, replace(request, seed=seed), device) for seed in range(runs)]
+    _sync(device)
+    started = time.perf_counter()
+    for seed in range(images):  # one after another, as a queue of single-image requests is served
+        engine.generate(replace(request, seed=100 + seed))
+    _sync(device)
+    sequential = time.perf_counter() - started
+    median = {k: statistics.median(t[k] for t in timings) for k in STAGES}
+    return {"setup_s": setup, "warmup_s": warmup, "runs": runs, "median_s": median,
+            "denoising_ms_per_step": 1000 * median["denoising"] / scale.steps,
+            "sequential_images": images, "sequential_s": sequential, "images_per_s": images / sequential,
+            "peak_vram_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "syncs_per_step": _syncs_per_step(engine, request) if device.type == "cuda" else None}
+
+
+def speed_variants(names: list[str], runs: int, images: int, compile_mode: str, dry_run: bool = False) -> int:
+    """Run the named VARIANTS one after another (each builds its own model); JSON report on stdout."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        print(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    if not dry_run and not torch.cuda.is_available():
+        print("--full-size needs a CUDA GPU (none is visible to torch); use --dry-run to check the script on the "
+              "CPU, or --compare-diffusers on a CPU machine", file=sys.stderr)
+        return 2
+    tokenizer = build_tokenizer()
+    scale = dry_run_scale(len(tokenizer)) if dry_run else full_scale()
+    device = torch.device(scale.device)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)",
+              "torch": torch.__version__, "size": scale.size, "steps": scale.steps,
+              "dtype": str(scale.dtype).removeprefix("torch."), "compile_mode": compile_mode, "variants": {}}
+    for name in names:
+        try:
+            report["variants"][name] = _run_variant(VARIANTS[name], scale, tokenizer, runs, images, compile_mode)
+        except Exception as exc:  # one broken variant must not hide the others' figures
+            logger.exception("variant %s failed", name)
+            report["variants"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"{name}: {json.dumps(report['variants'][name])}", file=sys.stderr, flush=True)
+        torch._dynamo.reset()  # compiled graphs hold the previous variant's weights alive
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(json.dumps(report, indent=2))
+    return 1 if any("error" in result for result in report["variants"].values()) else 0

@@ -3,7 +3,8 @@
 The diffusers layout (`transformer/` with config.json and one or more safetensors shards) loads
 as is, because our attribute names equal its keys. The ComfyUI layout (fused `attention.qkv`,
 a few renames, maybe a `model.diffusion_model.` prefix and a stray `norm_final.weight`) is
-converted by one table here; its config is inferred from the tensor shapes.
+converted by one table here; its config is inferred from the tensor shapes. With `fuse=True` either
+layout loads into the fused model (model.network.fused: to_qkv, w13), the parts concatenated by rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from model.network.config import Z_IMAGE_LATENT_CHANNELS, TransformerConfig
 from model.errors import CheckpointError
 from model.loading.safetensors_io import assign_state_dict, find_weight_source, read_shapes, read_state_dict
+from model.network.fused import fuse_state_dict
 from model.network.transformer import ZImageTransformer
 
 logger = logging.getLogger(__name__)
@@ -37,12 +39,14 @@ _Z_IMAGE_MARKERS = ("cap_embedder.1.weight", "layers.0.adaLN_modulation.0.weight
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                     config: TransformerConfig | Mapping[str, Any] | None = None) -> ZImageTransformer:
+                     config: TransformerConfig | Mapping[str, Any] | None = None,
+                     fuse: bool = False) -> ZImageTransformer:
     """Build ZImageTransformer on the meta device and fill it from `path`, strictly.
 
     `path` is a diffusers `transformer/` folder (or a snapshot root holding one) or a ComfyUI
     single `.safetensors` file. `config` replaces the config.json / inferred config when it is a
-    TransformerConfig, or overrides single fields of it when it is a mapping.
+    TransformerConfig, or overrides single fields of it when it is a mapping. `fuse` builds the model
+    with fused projections and q/k norm + RoPE (ZImageTransformer(fused=True)).
     """
     path = Path(path)
     if path.is_dir() and not (path / "config.json").is_file() and (path / "transformer").is_dir():
@@ -57,11 +61,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16, devi
     if base is None:
         base = TransformerConfig.from_state_dict(state_dict, source=str(weights))
     final = _apply_overrides(base, config)
+    if fuse:
+        state_dict = fuse_state_dict(state_dict)
     with torch.device("meta"):
-        model = ZImageTransformer(final)
+        model = ZImageTransformer(final, fused=fuse)
     assign_state_dict(model, state_dict, dtype, device, source=str(weights))
-    logger.info("loaded transformer from %s: %d layers, dim %d, %s on %s",
-                weights, final.n_layers, final.dim, dtype, device)
+    logger.info("loaded transformer from %s: %d layers, dim %d, %s on %s%s",
+                weights, final.n_layers, final.dim, dtype, device, ", fused projections" if fuse else "")
     return model.eval().requires_grad_(False)
 
 

@@ -13,6 +13,10 @@ Any other Linear-like module (the fp8 weight storage of the `low` memory mode, m
 runtime low-rank path instead: a forward hook adding (x @ down_all^T) @ up_all^T. Merging would
 need a re-quantization per switch and would lose most of the update in e4m3 rounding; the hook
 keeps the fp8 weights untouched (same measurement: 0.07 s to activate, +17 % per forward).
+
+A fused layer (model.network.fused: to_qkv, w13) is addressed by the names of its parts, so LoRA files
+naming to_q/to_k/to_v/w1/w3 apply to its row slices; its saved copy is the whole fused weight, so
+removal stays bit-exact.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 from model.errors import CheckpointError
 from model.loading.safetensors_io import read_state_dict
 from model.lora.formats import SHOW_FIRST, ConvertedLora, LoraError, LowRankDelta, convert_lora
+from model.network.fused import part_rows
 from model.request import LoraSpec
 
 logger = logging.getLogger(__name__)
@@ -70,6 +75,24 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A LoRA-addressable layer: a whole Linear(-like) module, or the rows of one part of a fused one."""
+
+    module_name: str
+    module: nn.Module
+    rows: slice | None = None  # None: every output row
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows = self.module.out_features if self.rows is None else self.rows.stop - self.rows.start
+        return rows, self.module.in_features
+
+
+# (update, strength * alpha scale, output rows of the module it changes)
+_Term = tuple[LowRankDelta, float, "slice | None"]
 
 
 @dataclass(frozen=True)
@@ -111,9 +134,10 @@ class LoraManager:
         key = tuple((_file_identity(spec), float(spec.scale)) for spec in specs)
         if key == self._active_key:
             return self.reports
-        modules = self._linear_modules()
-        loaded = [self._load(spec, file_id, modules) for spec, (file_id, _) in zip(specs, key)]
-        terms = _terms_by_module(specs, loaded)
+        layers = self._linear_layers()
+        loaded = [self._load(spec, file_id, layers) for spec, (file_id, _) in zip(specs, key)]
+        terms = _terms_by_module(specs, loaded, layers)
+        modules = {layer.module_name: layer.module for layer in layers.values()}
         try:
             self._restore(keep_copies={name for name in terms if self._mergeable(modules[name])})
             self._apply(terms, modules)
@@ -145,57 +169,69 @@ class LoraManager:
             handle.remove()
         self._hooks.clear()
 
-    def _linear_modules(self) -> dict[str, nn.Module]:
-        """Every Linear or Linear-like (fp8) module, looked up afresh since memory modes swap them."""
-        return {name: module for name, module in self._transformer.named_modules()
-                if isinstance(getattr(module, "in_features", None), int)
-                and isinstance(getattr(module, "out_features", None), int)}
+    def _linear_layers(self) -> dict[str, _Layer]:
+        """Every Linear or Linear-like (fp8) module by name, a fused one by its parts' names; looked up
+        afresh since memory modes swap modules."""
+        layers = {}
+        for name, module in self._transformer.named_modules():
+            if not (isinstance(getattr(module, "in_features", None), int)
+                    and isinstance(getattr(module, "out_features", None), int)):
+                continue
+            parts = getattr(module, "fused_parts", None)
+            if parts is None:
+                layers[name] = _Layer(name, module)
+                continue
+            parent = name.rpartition(".")[0]
+            for part, rows in part_rows(parts).items():
+                layers[f"{parent}.{part}" if parent else part] = _Layer(name, module, rows)
+        return layers
 
-    def _load(self, spec: LoraSpec, file_id: tuple, modules: dict[str, nn.Module]) -> _LoadedLora:
+    def _load(self, spec: LoraSpec, file_id: tuple, layers: dict[str, _Layer]) -> _LoadedLora:
         """The file mapped onto this transformer, from the small cache while the file is unchanged."""
         if file_id in self._cache:
             self._cache.move_to_end(file_id)
             return self._cache[file_id]
         path = Path(spec.path)
         tensors, metadata = _read_lora_file(path)
-        shapes = {name: (m.out_features, m.in_features) for name, m in modules.items()}
+        shapes = {name: layer.shape for name, layer in layers.items()}
         loaded = _LoadedLora(convert_lora(tensors, metadata, shapes, str(path)), file_sha256(path))
         self._cache[file_id] = loaded
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return loaded
 
-    def _apply(self, terms: dict[str, list[tuple[LowRankDelta, float]]], modules: dict[str, nn.Module]) -> None:
+    def _apply(self, terms: dict[str, list[_Term]], modules: dict[str, nn.Module]) -> None:
         for name, module_terms in terms.items():
             module = modules[name]
             if self._mergeable(module):
                 self._merge(name, module, module_terms)
             else:
-                self._hooks[name] = module.register_forward_hook(_LowRankHook(module_terms))
+                self._hooks[name] = module.register_forward_hook(_LowRankHook(module_terms, module.out_features))
 
     def _mergeable(self, module: nn.Module) -> bool:
         return (not self._runtime_only and isinstance(module, nn.Linear)
                 and module.weight.dtype in MERGEABLE_DTYPES)
 
-    def _merge(self, name: str, module: nn.Linear, terms: list[tuple[LowRankDelta, float]]) -> None:
+    def _merge(self, name: str, module: nn.Linear, terms: list[_Term]) -> None:
         weight = module.weight
         if name not in self._saved:
             self._saved[name] = _host_copy(weight)
         with torch.no_grad():
             merged = weight.float()
-            for delta, scale in terms:
+            for delta, scale, rows in terms:
                 up = delta.up.to(weight.device, torch.float32)
                 down = delta.down.to(weight.device, torch.float32)
-                merged.addmm_(up, down, alpha=scale)
+                (merged if rows is None else merged[rows]).addmm_(up, down, alpha=scale)
             weight.copy_(merged)
 
 
 class _LowRankHook:
     """Forward hook adding sum_i s_i * up_i(down_i(x)) to a module's output, as one stacked pair."""
 
-    def __init__(self, terms: list[tuple[LowRankDelta, float]]):
-        self._down = torch.cat([delta.down.float() for delta, _ in terms], dim=0)
-        self._up = torch.cat([delta.up.float() * scale for delta, scale in terms], dim=1)
+    def __init__(self, terms: list[_Term], out_features: int):
+        self._down = torch.cat([delta.down.float() for delta, _, _ in terms], dim=0)
+        self._up = torch.cat([_full_rows(delta.up.float() * scale, rows, out_features)
+                              for delta, scale, rows in terms], dim=1)
         self._placed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -213,13 +249,23 @@ class _LowRankHook:
         return placed
 
 
-def _terms_by_module(specs: tuple[LoraSpec, ...], loaded: list[_LoadedLora]
-                     ) -> dict[str, list[tuple[LowRankDelta, float]]]:
-    """Layer name -> every (update, strength * alpha scale) the set applies to it, in set order."""
-    terms: dict[str, list[tuple[LowRankDelta, float]]] = {}
+def _full_rows(up: torch.Tensor, rows: slice | None, out_features: int) -> torch.Tensor:
+    """An up matrix of one part of a fused layer as one of the whole layer (zero outside the part)."""
+    if rows is None:
+        return up
+    full = up.new_zeros(out_features, up.shape[1])
+    full[rows] = up
+    return full
+
+
+def _terms_by_module(specs: tuple[LoraSpec, ...], loaded: list[_LoadedLora], layers: dict[str, _Layer]
+                     ) -> dict[str, list[_Term]]:
+    """Module name -> every (update, strength * alpha scale, rows) the set applies to it, in set order."""
+    terms: dict[str, list[_Term]] = {}
     for spec, lora in zip(specs, loaded):
         for delta in lora.converted.deltas:
-            terms.setdefault(delta.module, []).append((delta, float(spec.scale) * delta.scale))
+            layer = layers[delta.module]
+            terms.setdefault(layer.module_name, []).append((delta, float(spec.scale) * delta.scale, layer.rows))
     return terms
 
 

@@ -42,6 +42,26 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+def rope_pairs(table: torch.Tensor) -> torch.Tensor:
+    """A complex table as real float32 (..., head_dim/2, 2) [cos, sin] pairs: a view, no copy.
+
+    The transformer's blocks take this form, because compilers (inductor) do not generate code for
+    complex tensors; the complex table stays the readable definition.
+    """
+    return torch.view_as_real(table)
+
+
+def apply_rope_pairs(x32: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """apply_rope in real arithmetic on float32 q or k: (B, S, H, head_dim) with pairs (B, S, head_dim/2, 2).
+
+    The same products and sums as the complex multiplication, so fp32 results agree to rounding.
+    """
+    x = x32.unflatten(-1, (-1, 2))  # (B, S, H, head_dim/2, 2)
+    cos, sin = pairs[..., 0].unsqueeze(2), pairs[..., 1].unsqueeze(2)  # broadcast over heads
+    even, odd = x[..., 0], x[..., 1]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
 def caption_position_ids(padded_length: int, device: torch.device | None = None) -> torch.Tensor:
     """Caption tokens, pad tokens included, sit at consecutive positions (1 + k, 0, 0)."""
     ids = torch.zeros(padded_length, 3, dtype=torch.int64, device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from PIL import Image
 
@@ -41,8 +42,9 @@ class FakeEngine:
         return {"layout": "fake", "weights": {"transformer": "fake.safetensors"}, "dtype": "float32", "device": "cpu",
                 "attention_backend": "sdpa", "memory_mode": "full", "version": "test"}
 
-    def warmup(self) -> None:
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
         self.warmed_up = True
+        self.warmup_sizes = tuple(sizes)
 
     @property
     def limits(self) -> EngineLimits:
