@@ -9,6 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
+from app.export_auth import with_api_key
 from app.export_code import GRADIO_PARAMETERS, snippets_for
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
@@ -19,6 +20,7 @@ from app.metadata import read_recipe
 from app.presets import preset_choices
 from app.service import EngineState, GenerationService
 from app.ui_strings import ui_text
+from app.uploads import trusted_upload
 from app.validation import open_uploaded_file, parse_size
 from model.request import GenerationRequest
 
@@ -82,10 +84,12 @@ class UiHandlers:
                 self.service.cancel(job)
 
     def _build_request(self, form: dict[str, Any]) -> GenerationRequest:
-        # preprocess=False: the image arrives as Gradio's FileData dict (already checked to be an upload).
+        # preprocess=False: the image arrives as Gradio's raw FileData dict. Security hook: only Gradio's own
+        # uploads are opened (app.security already refused any other path in the HTTP body).
         image = form["reference_image"]
         path = image.get("path") if isinstance(image, dict) else image
-        reference = open_uploaded_file(path, self.settings) if path else None
+        upload = trusted_upload(path, "reference_image") if path else None
+        reference = open_uploaded_file(str(upload), self.settings) if upload else None
         numbers = {name: _number(name, form[name], int) for name in ("width", "height", "steps", "seed", "batch_size")}
         numbers |= {name: _number(name, form[name], float)
                     for name in ("guidance", "strength", "shift", "cfg_truncation", "cfg_normalization")}
@@ -124,7 +128,8 @@ class UiHandlers:
         status = translate("status_done", lang, seconds=seconds, seeds=", ".join(map(str, result.seeds)))
         details = {"seeds": result.seeds, "prompt_tokens": result.prompt_tokens,
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
-                   "files": [str(img.path) for img in result.images if img.path],
+                   # Relative to the output folder: clients never see the server's absolute paths.
+                   "files": [str(img.path.relative_to(self.settings.output_dir)) for img in result.images if img.path],
                    "job": job.summary()}
         recipe = dict(result.images[0].recipe)
         recipe["batch_size"] = job.request.batch_size
@@ -182,8 +187,10 @@ class UiHandlers:
         if not path:
             return skip_all + [gr.skip()]
         try:
-            with Image.open(path) as image:
+            with Image.open(trusted_upload(path, "recipe_drop")) as image:  # security hook: uploads only
                 recipe = read_recipe(image)
+        except ServiceError as err:
+            return skip_all + [err.message(lang)]
         except (OSError, ValueError, Image.DecompressionBombError):
             recipe = None
         if not recipe:
@@ -233,6 +240,8 @@ class UiHandlers:
         else:
             params = form_params(form)
         snippets = snippets_for(params, base_url(request))
+        if self.settings.api_key:  # security hook: the snippets read the key from ZIMAGE_API_KEY
+            snippets = with_api_key(snippets)
         return snippets.python, snippets.curl_gradio, snippets.curl_rest, snippets.openai
 
     @staticmethod
