@@ -6,7 +6,8 @@
 3. State-changing requests (POST, PUT, ...) from a browser page of another origin are refused unless that
    origin is in `cors_origins`; their bodies must be JSON (except Gradio's upload and our login form), so a
    `text/plain` form post from any web page cannot start a job without a preflight.
-4. The API key (app.auth) when one is set; /health/live always stays open for the supervisor watchdog.
+4. The API key (app.auth) when one is set; /health/live always stays open for the supervisor watchdog, and
+   /health/ready and /metrics stay open to loopback clients (setup script, Docker HEALTHCHECK).
 5. Gradio JSON bodies: every file object must name a trusted upload (app.uploads) before Gradio reads it.
 Every response gets anti-framing and no-sniff headers. CORS itself is Starlette's CORSMiddleware with
 `cors_origins` (empty by default), which also switches off Gradio's origin-reflecting CORS middleware.
@@ -44,6 +45,9 @@ MULTIPART_POSTS = frozenset({"/gradio_api/upload", "/gradio_api/process_recordin
 # POST bodies that are not JSON by design: those, and the browser login form.
 NON_JSON_POSTS = MULTIPART_POSTS | {auth.LOGIN_PATH}
 OPEN_PATHS = frozenset({"/health/live", auth.LOGIN_PATH, auth.LOGOUT_PATH})
+# Read-only state that local tools poll without the key (setup script, Docker HEALTHCHECK, a local Prometheus);
+# from any other client address they need the key like everything else.
+LOOPBACK_OPEN_PATHS = frozenset({"/health/ready", "/metrics"})
 GRADIO_PREFIX = "/gradio_api/"
 REMOTE_FETCH_PREFIXES = ("/gradio_api/file=http:", "/gradio_api/file=https:", "/gradio_api/proxy=")
 SECURITY_HEADERS = (("X-Frame-Options", "DENY"), ("Content-Security-Policy", "frame-ancestors 'none'"),
@@ -163,12 +167,19 @@ class SecurityMiddleware:
                 and content_type != "application/json":
             return error_response(ServiceError("json_required", status=415, field="Content-Type",
                                                content_type=content_type[:MAX_ECHO_CHARS]), lang)
-        if self.policy.api_key and path not in OPEN_PATHS and method != "OPTIONS" and not self._authorized(headers):
+        if self.policy.api_key and not self._open(scope) and not self._authorized(headers):
             if method == "GET" and "text/html" in headers.get("accept", ""):
                 return RedirectResponse(auth.LOGIN_PATH, status_code=303)
             return error_response(ServiceError("api_key_required", status=401, field="Authorization"), lang,
                                   {"WWW-Authenticate": "Bearer"})
         return None
+
+    @staticmethod
+    def _open(scope: Scope) -> bool:
+        """Routes answered without the key: liveness, login, CORS preflights, local state polling."""
+        client = (scope.get("client") or ("", 0))[0]
+        return scope["path"] in OPEN_PATHS or scope.get("method") == "OPTIONS" or (
+            scope["path"] in LOOPBACK_OPEN_PATHS and is_ip_literal(client) and ipaddress.ip_address(client).is_loopback)
 
     def _authorized(self, headers: Headers) -> bool:
         key = self.policy.api_key

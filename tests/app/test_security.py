@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AuthenticationError
 from PIL import Image
@@ -181,11 +182,26 @@ def test_rest_needs_the_key_and_the_openai_sdk_sends_it(guarded: LiveServer):
     assert result.data[0].b64_json and [m.id for m in client.models.list().data] == ["z-image-turbo"]
 
 
-def test_health_live_stays_open_ready_and_metrics_need_the_key(guarded: LiveServer):
-    assert httpx.get(guarded.url + "/health/live").status_code == 200
-    for path in ("/health/ready", "/metrics", "/gradio_api/info", "/config"):
+def test_health_stays_open_locally_and_the_rest_needs_the_key(guarded: LiveServer):
+    for path in ("/health/live", "/health/ready", "/metrics"):  # the watchdog, setup script, HEALTHCHECK
+        assert httpx.get(guarded.url + path).status_code == 200, path
+    for path in ("/gradio_api/info", "/config", "/v1/models", "/gradio_api/file=/etc/hostname"):
         assert httpx.get(guarded.url + path).status_code == 401, path
-        assert httpx.get(guarded.url + path, headers=bearer()).status_code == 200, path
+    assert httpx.get(guarded.url + "/config", headers=bearer()).status_code == 200
+
+
+def test_ready_and_metrics_need_the_key_from_other_addresses(tmp_path: Path):
+    app = FastAPI()
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        app.add_api_route(path, lambda: {"status": "ok"})
+    security.install(app, make_settings(tmp_path, api_key=KEY, allowed_hosts="testserver"))
+    with TestClient(app, client=("192.168.1.7", 50000)) as remote:
+        assert remote.get("/health/live").status_code == 200
+        for path in ("/health/ready", "/metrics"):
+            assert remote.get(path).status_code == 401, path
+            assert remote.get(path, headers=bearer()).status_code == 200, path
+    with TestClient(app, client=("::1", 50000)) as local:
+        assert local.get("/metrics").status_code == 200
 
 
 def test_gradio_client_needs_the_key_in_its_headers(guarded: LiveServer, tmp_path: Path):
@@ -295,3 +311,27 @@ def test_gradio_json_bodies_are_bounded_and_parsed_safely(plain: LiveServer):
                       headers={"Content-Type": "application/json"}, timeout=60)
     assert deep.status_code == 400 and error_code(deep) == "invalid_json"
     assert httpx.get(plain.url + "/health/live").status_code == 200
+
+
+@pytest.mark.browser
+def test_chromium_logs_in_and_gets_the_page(guarded: LiveServer):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(locale="en-US")
+            page.goto(guarded.url + "/")
+            assert page.url.endswith("/login")
+            page.fill("#api_key", "wrong")
+            page.click("button[type=submit]")
+            expect(page.locator(".error")).to_contain_text("Wrong API key")
+            page.fill("#api_key", KEY)
+            page.click("button[type=submit]")
+            expect(page.locator("#gen-btn")).to_be_visible(timeout=60_000)
+            page.fill("#prompt textarea", "a lantern")
+            page.click("#gen-btn")  # the page's own queue/join POST passes the Origin and JSON checks
+            expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
+        finally:
+            browser.close()
