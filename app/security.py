@@ -132,24 +132,24 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        lang = language_from_header(headers.get("accept-language"))
         if scope["type"] == "websocket":
-            if self.refusal(scope, headers) is not None:
+            if self.refusal(scope, headers, lang) is not None:
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
             return
         send = _with_security_headers(send)
-        refused = self.refusal(scope, headers)
+        refused = self.refusal(scope, headers, lang)
         if refused is None and self._inspects_body(scope):
-            refused, receive = await self._checked_body(receive, language_from_header(headers.get("accept-language")))
+            refused, receive = await self._checked_body(receive, lang)
         if refused is not None:
             await refused(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def refusal(self, scope: Scope, headers: Headers) -> Response | None:
+    def refusal(self, scope: Scope, headers: Headers, lang: str) -> Response | None:
         """The response that refuses this request before any route runs, or None to let it through."""
-        lang = language_from_header(headers.get("accept-language"))
         host = headers.get("host", "")
         path, method = scope["path"], scope.get("method", "GET")
         if not self.policy.host_allowed(host):
