@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ERRNO_PREFIX = re.compile(r"\[Errno -?\d+\]\s*")
-# An absolute POSIX path (not the "/2" of "1/2"): the last component is kept, the folders before it dropped.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"/:,;()\[\]]+/)*([^\s'\"/:,;()\[\]]+)")
+# An absolute POSIX path (not the "/2" of "1/2", nor a URL's "//host/..."): the last component is kept.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"/:,;()\[\]]+/)*([^\s'\"/:,;()\[\]]+)")
 
 
 def public_path(path: str | Path) -> str:
