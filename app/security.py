@@ -212,8 +212,7 @@ class SecurityMiddleware:
             return error_response(ServiceError("invalid_json", detail=type(err).__name__), lang), receive
         try:
             check_file_references(document)
-        except ServiceError as err:
-            logger.warning("refused a Gradio request naming a file that is not an upload: %s", err.field)
+        except ServiceError as err:  # app.uploads logged the path that was asked for
             return error_response(err, lang, gradio_validation=True), receive
         return None, _replay(body, receive)
 

@@ -8,6 +8,7 @@ without opening it: resolved through symlinks, inside the upload folder, a regul
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any, Iterator
 from gradio.utils import get_upload_folder
 
 from app.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+MAX_LOGGED_CHARS = 200
 
 
 def upload_root() -> Path:
@@ -27,18 +31,24 @@ def trusted_upload(path: Any, field: str) -> Path:
     """`path` resolved, when it names a regular file inside the upload folder; else ServiceError naming `field`.
 
     Nothing is opened or read: a device, FIFO or endless file is refused by its metadata alone."""
-    refused = ServiceError("untrusted_file", status=422, field=field)
     if not isinstance(path, str) or not path or "\0" in path or "://" in path:
-        raise refused
+        raise _refused(field, path)
     try:
         # abspath like Gradio's own uploads (relative to the working directory), then every symlink resolved.
         resolved = Path(os.path.abspath(path)).resolve(strict=True)
         mode = resolved.stat().st_mode
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
-        raise refused from None
+        raise _refused(field, path) from None
     if not resolved.is_relative_to(upload_root()) or not stat.S_ISREG(mode):
-        raise refused
+        raise _refused(field, path)
     return resolved
+
+
+def _refused(field: str, path: Any) -> ServiceError:
+    """The client's error (which names the field only); the log keeps what was asked for."""
+    logger.warning("refused %s=%r: not a regular file in Gradio's upload folder", field,
+                   str(path)[:MAX_LOGGED_CHARS])
+    return ServiceError("untrusted_file", status=422, field=field)
 
 
 def file_references(document: Any) -> Iterator[tuple[str, Any]]:

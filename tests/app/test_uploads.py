@@ -139,7 +139,8 @@ def upload_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def test_trusted_upload_accepts_only_regular_files_inside_the_upload_folder(upload_dir: Path, tmp_path: Path):
+def test_trusted_upload_accepts_only_regular_files_inside_the_upload_folder(upload_dir: Path, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture):
     good = upload_dir / "abc" / "ref.png"
     good.parent.mkdir()
     good.write_bytes(png_bytes())
@@ -153,6 +154,7 @@ def test_trusted_upload_accepts_only_regular_files_inside_the_upload_folder(uplo
         with pytest.raises(ServiceError) as caught:
             trusted_upload(bad, "image")
         assert caught.value.key == "untrusted_file" and caught.value.field == "image"
+    assert "refused image='/dev/zero'" in caplog.text  # the server log says what was asked for
 
 
 def test_file_references_are_found_anywhere_in_a_body_even_deeply_nested():
