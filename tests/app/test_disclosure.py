@@ -17,7 +17,7 @@ from app.metadata import read_recipe
 from app.redaction import public_path, redact
 from app_helpers import make_settings
 from fake_engine import FakeEngine
-from live_server import LiveServer, start_server
+from live_server import LiveServer, running
 
 FORM = ["a quiet harbour", "", 0.0, 2, 9, 128, 128, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0]
 SECRET_FILE = "/srv/secret-place/weights/ae.safetensors"
@@ -41,14 +41,9 @@ def test_missing_weights_are_explained_without_the_absolute_path(tmp_path: Path,
 
     missing = tmp_path / "no-weights-here"
     settings = make_settings(tmp_path, weights_dir=missing)
-    with caplog.at_level(logging.ERROR):
-        server = start_server(settings, engine_factory(settings))
-        try:
-            server.wait_ready()
-            ready = httpx.get(server.url + "/health/ready")
-            rest = httpx.post(server.url + "/v1/images/generations", json={"prompt": "x", "size": "128x128"})
-        finally:
-            server.stop()
+    with caplog.at_level(logging.ERROR), running(settings, engine_factory(settings)) as server:
+        ready = httpx.get(server.url + "/health/ready")
+        rest = httpx.post(server.url + "/v1/images/generations", json={"prompt": "x", "size": "128x128"})
     for response in (ready, rest):
         assert response.status_code == 503 and str(tmp_path) not in response.text
         assert "no-weights-here" in response.text  # still tells the operator which folder it is
@@ -59,22 +54,16 @@ def test_load_errors_lose_their_paths_and_errno(tmp_path: Path):
     def broken():
         raise FileNotFoundError(2, "No such file or directory", SECRET_FILE)
 
-    server = start_server(make_settings(tmp_path), broken)
-    try:
-        server.wait_ready()
+    with running(make_settings(tmp_path), broken) as server:
         message = httpx.get(server.url + "/health/ready").json()["message"]
-    finally:
-        server.stop()
     assert "/srv/secret-place" not in message and "[Errno" not in message
     assert "No such file or directory" in message and "ae.safetensors" in message
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    live = start_server(make_settings(tmp_path_factory.mktemp("disclosure")), lambda: FakeEngine())
-    live.wait_ready()
-    yield live
-    live.stop()
+    with running(make_settings(tmp_path_factory.mktemp("disclosure")), FakeEngine) as live:
+        yield live
 
 
 def test_lora_not_found_names_the_folder_without_its_absolute_path(server: LiveServer):

@@ -27,7 +27,7 @@ from app.security import SecurityPolicy
 from app.ui_handlers import UiHandlers
 from app_helpers import make_settings
 from fake_engine import FakeEngine
-from live_server import LiveServer, start_server
+from live_server import LiveServer, running
 
 KEY = "zk-test-0123456789abcdef"
 TOOLS_ORIGIN = "https://tools.example"
@@ -40,10 +40,8 @@ GENERATE_FN_INDEX = 0  # the first event of the page (ui._wire_generation)
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     """Default settings: loopback, no key, no CORS origins."""
-    live = start_server(make_settings(tmp_path_factory.mktemp("plain")), lambda: FakeEngine())
-    live.wait_ready()
-    yield live
-    live.stop()
+    with running(make_settings(tmp_path_factory.mktemp("plain")), FakeEngine) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +49,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     """As deployed beyond loopback: wildcard bind setting, a LAN name, one CORS origin and an API key."""
     settings = make_settings(tmp_path_factory.mktemp("guarded"), host="0.0.0.0", allowed_hosts="gpu-box.lan",
                              cors_origins=TOOLS_ORIGIN, api_key=KEY)
-    live = start_server(settings, lambda: FakeEngine())
-    live.wait_ready()
-    yield live
-    live.stop()
+    with running(settings, FakeEngine) as live:
+        yield live
 
 
 def bearer(key: str = KEY) -> dict[str, str]:

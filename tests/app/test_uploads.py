@@ -21,7 +21,7 @@ from app.ui_handlers import UiHandlers
 from app.uploads import check_file_references, file_references, trusted_upload, upload_root
 from app_helpers import make_settings
 from fake_engine import FakeEngine
-from live_server import LiveServer, start_server
+from live_server import LiveServer, running
 
 FILE_META = {"_type": "gradio.FileData"}
 # The /generate endpoint's positional inputs, in GRADIO_PARAMETERS order.
@@ -31,10 +31,8 @@ REFERENCE = GRADIO_PARAMETERS.index("reference_image")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    live = start_server(make_settings(tmp_path_factory.mktemp("uploads")), lambda: FakeEngine())
-    live.wait_ready()
-    yield live
-    live.stop()
+    with running(make_settings(tmp_path_factory.mktemp("uploads")), FakeEngine) as live:
+        yield live
 
 
 def png_bytes(colour=(200, 30, 30)) -> bytes:
