@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.errors import ServiceError
+from app.redaction import public_path, redact
 from app.settings import Settings, resolve_dtype
 from model.loading.layout import find_layout
 from model.protocol import EngineProtocol
@@ -18,7 +19,9 @@ EngineFactory = Callable[[], EngineProtocol]
 
 def missing_weights_error(weights_dir: Path, detail: str = "") -> ServiceError:
     """The explanation every door shows when the weights are missing or unusable (503)."""
-    return ServiceError("weights_missing", status=503, path=str(weights_dir.resolve()), detail=detail)
+    # Clients see the folder relative to the working directory and no absolute paths; the log has them.
+    logger.error("no usable weights in %s %s", weights_dir.resolve(), detail)
+    return ServiceError("weights_missing", status=503, path=public_path(weights_dir), detail=redact(detail))
 
 
 def engine_factory(settings: Settings) -> EngineFactory:

@@ -193,6 +193,39 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Form restored from the image's recipe (seed {seed}).",
         "zh": "已从图片中的生成参数恢复表单（种子 {seed}）。",
     },
+    # ---- security (app.security, app.auth, app.uploads) ----
+    "untrusted_file": {
+        "en": "{field} must be a file uploaded to this server (the upload button, gradio_client's handle_file(), "
+        "or POST /gradio_api/upload first); server paths, links and URLs are not accepted.",
+        "zh": "{field} 必须是上传到本服务器的文件（使用上传按钮、gradio_client 的 handle_file()，或先调用 "
+        "POST /gradio_api/upload）；不接受服务器路径、符号链接或 URL。",
+    },
+    "host_not_allowed": {
+        "en": "Host {host!r} is not allowed. If this server is meant to answer to that name, add it to the "
+        "allowed_hosts setting (ZIMAGE_ALLOWED_HOSTS).",
+        "zh": "不允许的 Host {host!r}。如果本服务器确实应以该名称访问，请把它加入 allowed_hosts 设置"
+        "（ZIMAGE_ALLOWED_HOSTS）。",
+    },
+    "origin_not_allowed": {
+        "en": "Requests from the web page at {origin!r} may not change anything here. Use this server's own page, "
+        "or list that origin in the cors_origins setting (ZIMAGE_CORS_ORIGINS).",
+        "zh": "来自网页 {origin!r} 的请求不得修改本服务器的任何内容。请使用本服务器自己的页面，"
+        "或把该来源加入 cors_origins 设置（ZIMAGE_CORS_ORIGINS）。",
+    },
+    "json_required": {
+        "en": "POST bodies must be JSON: send the header Content-Type: application/json (got {content_type!r}).",
+        "zh": "POST 请求体必须是 JSON：请发送请求头 Content-Type: application/json（当前为 {content_type!r}）。",
+    },
+    "api_key_required": {
+        "en": "This server needs its API key: send the header Authorization: Bearer <key> "
+        "(openai SDK: api_key=..., gradio_client: headers=...), or log in at /login in the browser.",
+        "zh": "本服务器需要 API 密钥：请发送请求头 Authorization: Bearer <密钥>"
+        "（openai SDK：api_key=...，gradio_client：headers=...），或在浏览器中通过 /login 登录。",
+    },
+    "login_failed": {
+        "en": "Wrong API key.",
+        "zh": "API 密钥错误。",
+    },
 }
 
 

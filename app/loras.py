@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from app.errors import ServiceError, out_of_range
+from app.redaction import public_path
 from model.request import LoraSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,7 +49,7 @@ def resolve_loras(items: Iterable[Mapping[str, object]], lora_dir: Path) -> tupl
         if not NAME_PATTERN.match(name) or not path.is_file():
             available = ", ".join(list_lora_names(lora_dir)) or "-"
             raise ServiceError("lora_not_found", field=f"loras[{index}].name", name=name,
-                               folder=str(lora_dir), available=available)
+                               folder=public_path(lora_dir), available=available)
         if any(spec.name == name for spec in specs):
             raise ServiceError("lora_duplicate", field=f"loras[{index}].name", name=name)
         specs.append(LoraSpec(path=str(path.resolve()), scale=scale, name=name))

@@ -12,7 +12,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, health
+from app import __version__, api, health, security
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
@@ -70,6 +70,7 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     # Our routes first: the Gradio mount at "/" would otherwise shadow them.
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
+    security.install(app, settings)  # Host/Origin/JSON/API-key guard and upload-path check on every route
     translations = build_i18n()
     demo = build_demo(service, translations)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.
@@ -77,5 +78,6 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     return gr.mount_gradio_app(
         app, demo, path="/", i18n=translations, footer_links=["api", "gradio", "settings"],
         max_file_size=settings.max_upload_bytes, allowed_paths=[str(settings.output_dir.resolve())],
-        show_error=True, enable_monitoring=False,
+        # show_error=False: only our gr.Error messages reach clients, never a raw exception's text or paths.
+        show_error=False, enable_monitoring=False,
     )

@@ -19,6 +19,7 @@ from app.jobs import Job, JobImage, JobResult
 from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
+from app.redaction import public_engine_info, redact
 from app.settings import Settings
 from app.fields import DOOR_MAX_SEED
 from app.validation import check_prompt_tokens, check_request, check_text
@@ -219,7 +220,7 @@ class GenerationService:
         started = time.perf_counter()
         try:
             self._engine = self._load_engine()
-            self.engine_info = dict(self._engine.describe())
+            self.engine_info = public_engine_info(self._engine.describe())  # no absolute paths
             self.metrics.observe_stage("load", time.perf_counter() - started)
             if self.settings.warmup:
                 self.engine_state = EngineState.WARMING_UP
@@ -231,7 +232,8 @@ class GenerationService:
             self.unavailable_error = err
         except Exception as err:  # a broken install must leave the app serving its explanation
             logger.exception("engine failed to load")
-            self.unavailable_error = ServiceError("load_failed", status=503, detail=f"{type(err).__name__}: {err}")
+            detail = redact(f"{type(err).__name__}: {err}")  # the log above has the full text
+            self.unavailable_error = ServiceError("load_failed", status=503, detail=detail)
         if self.unavailable_error is not None:
             self.engine_state = EngineState.UNAVAILABLE
             return False
@@ -252,16 +254,17 @@ class GenerationService:
             job.mark_cancelled(ServiceError("shutting_down", status=503) if self._stopping else None)
         except InvalidRequestError as err:  # LoraError (code "lora") too: refused before any weight changed
             key = "lora_rejected" if err.code == "lora" else "engine_rejected"
-            job.fail(ServiceError(key, status=400, field=err.field, detail=str(err)))
+            logger.warning("%s refused by the engine: %s", job.id, err)  # full text here; the client's is redacted
+            job.fail(ServiceError(key, status=400, field=err.field, detail=redact(str(err))))
         except EngineOutOfMemory as err:  # refused before running: the estimate says it cannot fit
-            job.fail(ServiceError("does_not_fit", status=500, detail=str(err)))
+            job.fail(ServiceError("does_not_fit", status=500, detail=redact(str(err))))
         except Exception as err:
             if _is_out_of_memory(err):
                 out_of_memory = True
             elif _is_fatal_device_error(err):
                 logger.critical("%s: the device is unusable (%s); /health/live now fails so the process restarts",
                                 job.id, err)
-                self._mark_device_failed(job, f"{type(err).__name__}: {err}")
+                self._mark_device_failed(job, redact(f"{type(err).__name__}: {err}"))
             else:
                 logger.exception("%s failed", job.id)
                 job.fail(ServiceError("internal_error", status=500, detail=type(err).__name__))

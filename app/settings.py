@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,6 +61,10 @@ class Settings:
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
     # press Stop. Never set it in production; 0 disables it.
     debug_step_delay: float = 0.0
+    # Security (app.security, app.auth; README "Security"). Lists are comma-separated names.
+    allowed_hosts: str = ""      # extra Host names this server answers to ("*" = any: no rebinding guard)
+    cors_origins: str = ""       # origins whose pages may call the API cross-origin (none by default)
+    api_key: str = field(default="", repr=False)  # set via ZIMAGE_API_KEY; empty = no key (loopback use)
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)

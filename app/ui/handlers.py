@@ -10,6 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
+from app.ui.export_auth import with_api_key
 from app.fields import NUMERIC_FIELDS, RESTORED_FIELDS
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
@@ -21,6 +22,7 @@ from app.ui.presets import preset_choices
 from app.ui.slots import (SLOT_PARAMETERS, SLOTS, filled_slots, name_field, scale_field, slot_choices,
                           slot_values, usable_recipe_loras)
 from app.ui.strings import ui_text
+from app.uploads import trusted_upload
 from app.validation import open_uploaded_file, parse_size
 from model.request import GenerationRequest, uses_cfg
 
@@ -89,10 +91,12 @@ class UiHandlers:
                 self.service.cancel(job)
 
     def _build_request(self, form: dict[str, Any]) -> GenerationRequest:
-        # preprocess=False: the image arrives as Gradio's FileData dict (already checked to be an upload).
+        # preprocess=False: the image arrives as Gradio's raw FileData dict. Security hook: only Gradio's own
+        # uploads are opened (app.security already refused any other path in the HTTP body).
         image = form["reference_image"]
         path = image.get("path") if isinstance(image, dict) else image
-        reference = open_uploaded_file(path, self.settings) if path else None
+        upload = trusted_upload(path, "reference_image") if path else None
+        reference = open_uploaded_file(str(upload), self.settings) if upload else None
         numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in NUMERIC_FIELDS}
         return GenerationRequest(
             prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
@@ -129,7 +133,8 @@ class UiHandlers:
         status = translate("status_done", lang, seconds=seconds, seeds=", ".join(map(str, result.seeds)))
         details = {"seeds": result.seeds, "prompt_tokens": result.prompt_tokens,
                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
-                   "files": [str(img.path) for img in result.images if img.path],
+                   # Relative to the output folder: clients never see the server's absolute paths.
+                   "files": [str(img.path.relative_to(self.settings.output_dir)) for img in result.images if img.path],
                    "job": job.summary()}
         recipe = dict(result.images[0].recipe)
         recipe["batch_size"] = job.request.batch_size
@@ -188,8 +193,11 @@ class UiHandlers:
         if not path:
             return skip_all + [gr.skip()]
         try:
-            with Image.open(path, formats=["PNG"]) as image:  # recipes live in PNG text chunks only
+            # Uploads only (app.uploads), and PNG only: recipes live in PNG text chunks.
+            with Image.open(trusted_upload(path, "recipe_drop"), formats=["PNG"]) as image:
                 recipe = read_recipe(image)
+        except ServiceError as err:
+            return skip_all + [err.message(lang)]
         except (OSError, ValueError, Image.DecompressionBombError):
             recipe = None
         if not recipe:
@@ -239,6 +247,8 @@ class UiHandlers:
         else:
             params = form_params(form)
         snippets = snippets_for(params, base_url(request))
+        if self.settings.api_key:  # security hook: the snippets read the key from ZIMAGE_API_KEY
+            snippets = with_api_key(snippets)
         return snippets.python, snippets.curl_gradio, snippets.curl_rest, snippets.openai
 
     @staticmethod

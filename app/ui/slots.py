@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from app.loras import SCALE_RANGE, list_lora_names, lora_path, lora_sha256
+from app.redaction import public_path
 
 MAX_UI_LORAS = 3
 SLOTS = tuple(range(1, MAX_UI_LORAS + 1))
@@ -67,7 +68,7 @@ def usable_recipe_loras(items: Iterable[Mapping[str, Any]], lora_dir: Path
     for item in items:
         name = str(item.get("name", ""))
         if name not in available:
-            notes.append(("recipe_lora_missing", {"name": name, "folder": str(lora_dir)}))
+            notes.append(("recipe_lora_missing", {"name": name, "folder": public_path(lora_dir)}))
             continue
         recorded = item.get("sha256")
         if recorded and lora_sha256(lora_path(lora_dir, name)) != recorded:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import uvicorn
@@ -66,3 +67,14 @@ def start_server(settings: Settings, load_engine: Callable[[], Any] | None = Non
     live.wait_until(lambda: server.started, timeout=60)
     httpx.get(f"{live.url}/health/live", timeout=10).raise_for_status()
     return live
+
+
+@contextlib.contextmanager
+def running(settings: Settings, load_engine: Callable[[], Any]) -> Iterator[LiveServer]:
+    """A started server whose engine has settled (ready or unavailable); stopped on exit."""
+    live = start_server(settings, load_engine)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()

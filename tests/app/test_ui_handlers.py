@@ -24,7 +24,9 @@ from model.request import GenerationRequest
 
 
 @pytest.fixture
-def handlers(tmp_path: Path) -> UiHandlers:
+def handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UiHandlers:
+    # Files the tests drop stand for Gradio uploads: the handlers only open files in Gradio's upload folder.
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     settings = make_settings(tmp_path, max_size=2048)
     return UiHandlers(GenerationService(settings, FakeEngine))
 
