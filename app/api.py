@@ -26,6 +26,8 @@ from model.request import GenerationRequest
 logger = logging.getLogger(__name__)
 
 MODEL_ID = "z-image-turbo"
+# Retry-After on a 429 (queue full): about one image's time on a busy GPU.
+RETRY_AFTER_SECONDS = 5
 # JSON overhead allowed on top of a maximal base64 image.
 BODY_SLACK_BYTES = 256 * 1024
 
@@ -89,14 +91,20 @@ def build_router(service: GenerationService) -> APIRouter:
             job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return error_response(err, lang)
         try:
             await wait_for_job(job, request, service)
         except ServiceError as err:  # the job failed: the service already counted it
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return error_response(err, lang)
         return JSONResponse(success_body(job, body))
 
     return router
+
+
+def error_response(err: ServiceError, lang: str) -> JSONResponse:
+    """The OpenAI error body; a full queue (ours or the replicas') also says when to retry."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.status == 429 else None
+    return JSONResponse(err.openai_body(lang), status_code=err.status, headers=headers)
 
 
 async def read_json(request: Request, limit: int) -> dict:

@@ -53,9 +53,18 @@ def serve(settings: Settings) -> None:
     GracefulServer(config, app.state.service).run()
 
 
+def _backend_factory(settings: Settings) -> EngineFactory:
+    """The in-process engine, or (serving = "ray") Engine replicas on a Ray cluster; Ray loads only then."""
+    if settings.serving == "ray":
+        from app.serving.ray_engine import ray_engine_factory
+
+        return ray_engine_factory(settings)
+    return engine_factory(settings)
+
+
 def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> FastAPI:
     """The FastAPI app with every door; the service starts and stops with the app's lifespan."""
-    service = GenerationService(settings, load_engine or engine_factory(settings))
+    service = GenerationService(settings, load_engine or _backend_factory(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
