@@ -81,10 +81,14 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     app.include_router(api.build_router(service))
     translations = build_i18n()
     demo = build_demo(service, translations)
+    if settings.mcp_server:
+        from app.mcp_tools import add_mcp_tools  # off by default; Gradio then needs the `mcp` package
+
+        add_mcp_tools(demo, service)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.
     demo.queue(api_open=False, default_concurrency_limit=None)
     return gr.mount_gradio_app(
         app, demo, path="/", i18n=translations, footer_links=["api", "gradio", "settings"],
         max_file_size=settings.max_upload_bytes, allowed_paths=[str(settings.output_dir.resolve())],
-        show_error=True, enable_monitoring=False,
+        show_error=True, enable_monitoring=False, mcp_server=settings.mcp_server,
     )

@@ -47,8 +47,9 @@ class RayEngine:
         threading.Thread(target=self._watch_states, name="ray-replica-status", daemon=True).start()
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        stream = self._handle.options(stream=True).generate.remote(request)
+        stream = None
         try:
+            stream = self._handle.options(stream=True).generate.remote(request)
             for event in stream:
                 if event[0] == STEP:
                     if on_step is not None:
@@ -62,7 +63,8 @@ class RayEngine:
                 elif event[0] == FAILED:
                     raise ServiceError(event[1], status=FAILURE_STATUS[event[1]], detail=event[2])
         except GenerationCancelled:
-            stream.cancel()
+            if stream is not None:
+                stream.cancel()
             raise
         except BackPressureError:
             # Every replica busy and this caller's Serve queue full: the same answer as our own full queue.
