@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import ray
@@ -31,6 +32,9 @@ RAY_NAMESPACE = "z-image-turbo"
 FAILURE_STATUS = {"out_of_memory": 500, "internal_error": 500, "replica_failed": 503}
 # How often the replica counts that /health/ready and /metrics show are refreshed (they never wait on Ray).
 STATUS_REFRESH_SECONDS = 2.0
+# How long the app waits for a cluster's head node to come up, and between tries.
+CONNECT_SECONDS = 120.0
+CONNECT_RETRY_SECONDS = 3.0
 
 
 class RayEngine:
@@ -111,15 +115,29 @@ class RayEngine:
             logger.warning("could not read the replica status: %s", err)
 
 
+def _connect(settings: Settings) -> None:
+    """"" starts a private Ray instance with this machine's GPUs; otherwise join the running cluster,
+    waiting for its head a while (supervisord starts the head and the app at the same time)."""
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        try:
+            ray.init(address=settings.ray_address or None, namespace=RAY_NAMESPACE,
+                     logging_level=settings.log_level.upper())
+            return
+        except ConnectionError as err:
+            if not settings.ray_address or time.monotonic() > deadline:
+                raise
+            logger.warning("Ray cluster at %r not reachable yet (%s); retrying", settings.ray_address, err)
+            time.sleep(CONNECT_RETRY_SECONDS)
+
+
 def ray_engine_factory(settings: Settings):
     """A zero-argument loader (run in the service's worker): join or start Ray, deploy the replicas (Serve
     waits until each has loaded and warmed up its engine), and return the RayEngine."""
 
     def load() -> RayEngine:
         if not ray.is_initialized():
-            # "" starts a private Ray instance with this machine's GPUs; otherwise join a running cluster.
-            ray.init(address=settings.ray_address or None, namespace=RAY_NAMESPACE,
-                     logging_level=settings.log_level.upper())
+            _connect(settings)
         # No Serve HTTP proxy: our own FastAPI app is the one door; replicas are reached through handles.
         serve.start(http_options={"location": "NoServer"})
         logger.info("deploying %s-%s engine replicas (%s GPU each)", settings.ray_min_replicas,
