@@ -175,3 +175,15 @@ def test_a_full_serve_queue_is_our_429(ray_server: LiveServer, monkeypatch: pyte
     with pytest.raises(ServiceError) as refused:
         engine.generate(GenerationRequest(prompt="x", width=128, height=128, steps=1))
     assert refused.value.key == "queue_full" and refused.value.status == 429
+
+
+def test_an_engine_refusal_in_a_replica_keeps_its_code_and_field(ray_server: LiveServer):
+    """The replica's engine refuses an unreadable LoRA: the client gets the same 400 as in local mode."""
+    lora_dir = ray_server.service.settings.lora_dir
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    (lora_dir / "broken.safetensors").write_bytes(b"not a safetensors file")
+    response = generate(ray_server, loras=[{"name": "broken", "scale": 1.0}])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("lora_rejected", "loras")
+    assert generate(ray_server).status_code == 200  # the replica that refused it still serves
