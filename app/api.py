@@ -93,14 +93,19 @@ def build_router(service: GenerationService) -> APIRouter:
             job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
+            return error_response(err, lang)
         try:
             await wait_for_job(job, request, service)
         except ServiceError as err:  # the job failed: the service already counted it
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return error_response(err, lang)
         return JSONResponse(success_body(job, body))
 
     return router
+
+
+def error_response(err: ServiceError, lang: str) -> JSONResponse:
+    """The OpenAI error body, with the error's headers (Retry-After on a full queue, ours or the replicas')."""
+    return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

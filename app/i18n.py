@@ -33,6 +33,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it when /health/live fails.",
         "zh": "GPU 报告了致命错误（{detail}）。服务需要重启；/health/live 失败后 supervisor 会自动重启它。",
     },
+    "replica_failed": {
+        "en": "The GPU replica running this job stopped ({detail}). Ray Serve starts a new one; please try again.",
+        "zh": "运行此任务的 GPU 副本已停止（{detail}）。Ray Serve 会启动新的副本，请重试。",
+    },
     "shutting_down": {
         "en": "The server is shutting down and accepts no new jobs.",
         "zh": "服务器正在关闭，不再接受新任务。",

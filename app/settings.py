@@ -23,6 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # "auto" = bfloat16 on CUDA, float32 on the CPU (CPUs without bf16 units run float32 faster).
 DTYPES = ("auto", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# "local": this process loads the engine (one GPU). "ray": Engine replicas on a Ray cluster, one per GPU.
+SERVING_MODES = ("local", "ray")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -58,6 +60,15 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096
     output_dir: Path = Path("outputs")
+    serving: str = "local"
+    # "" = start a private Ray instance in this process; "auto" = the cluster `ray start --head` made on this
+    # machine; "HOST:6379" = a cluster's head node.
+    ray_address: str = ""
+    ray_min_replicas: int = 1
+    ray_max_replicas: int = 1
+    ray_gpus_per_replica: float = 1.0
+    ray_max_queued_requests: int = 4
+    mcp_server: bool = False
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
     # press Stop. Never set it in production; 0 disables it.
     debug_step_delay: float = 0.0
@@ -72,8 +83,10 @@ class Settings:
         _check_choice("memory_mode", self.memory_mode, MEMORY_MODES)
         _check_choice("attention", self.attention, ATTENTION_BACKENDS)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
+        _check_choice("serving", self.serving, SERVING_MODES)
         for name in ("port", "queue_size", "min_size", "max_size", "max_batch", "max_steps",
-                     "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels"):
+                     "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels",
+                     "ray_min_replicas", "ray_max_replicas", "ray_max_queued_requests"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         for name, engine_field in (("max_batch", "batch_size"), ("max_steps", "steps")):
@@ -88,8 +101,19 @@ class Settings:
                 f"min_size ({self.min_size}) and max_size ({self.max_size}) must be multiples of 16 "
                 "with min_size <= max_size"
             )
+        if self.ray_min_replicas > self.ray_max_replicas:
+            raise SettingsError(f"setting ray_min_replicas ({self.ray_min_replicas}) must be at most "
+                                f"ray_max_replicas ({self.ray_max_replicas})")
+        if self.ray_gpus_per_replica < 0:
+            raise SettingsError(f"setting ray_gpus_per_replica must be >= 0, got {self.ray_gpus_per_replica}")
         if self.debug_step_delay < 0 or self.watchdog_seconds <= 0 or self.shutdown_grace_seconds < 0:
             raise SettingsError("debug_step_delay, watchdog_seconds and shutdown_grace_seconds must be >= 0")
+
+    @property
+    def job_slots(self) -> int:
+        """Jobs the service runs at once: one in-process engine, or one per Ray replica (at the upper
+        autoscaling bound; Serve holds a job for a replica that is still starting)."""
+        return self.ray_max_replicas if self.serving == "ray" else 1
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
