@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 from ray import serve
@@ -84,8 +84,8 @@ class RayEngine:
     def describe(self) -> dict[str, Any]:
         return {**self._info, "serving": "ray"}
 
-    def warmup(self) -> None:
-        """Nothing to do: every replica warms itself up before Serve routes jobs to it."""
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Nothing to do: every replica warms itself up (at the configured sizes) before Serve routes jobs to it."""
 
     @property
     def limits(self) -> EngineLimits:

@@ -35,7 +35,7 @@ class EngineReplica:
         self._settings = settings
         self._engine = engine_factory(settings)()
         if settings.warmup:
-            self._engine.warmup()
+            self._engine.warmup(settings.warmup_size_list)
         # One engine thread: the GPU runs one image at a time, and a cancelled job's last step finishes
         # before the next job starts.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
