@@ -49,9 +49,6 @@ class EngineReplica:
     def limits(self) -> EngineLimits:
         return self._engine.limits
 
-    def count_tokens(self, prompt: str) -> int:
-        return int(self._engine.count_tokens(prompt))
-
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
