@@ -248,7 +248,7 @@ class GenerationService:
             if self.settings.warmup:
                 self.engine_state = EngineState.WARMING_UP
                 warm_start = time.perf_counter()
-                self._engine.warmup()
+                self._engine.warmup(self.settings.warmup_size_list)
                 self.metrics.observe_stage("warmup", time.perf_counter() - warm_start)
         except ServiceError as err:
             logger.error("engine unavailable: %s", err)

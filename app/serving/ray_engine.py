@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 from ray import serve
@@ -22,6 +22,9 @@ from app.serving.events import ENGINE_ERROR, FAILED, RESULT, STEP
 from app.serving.replica import DEPLOYMENT_NAME, build_replica_app
 from app.settings import Settings
 from model.errors import GenerationCancelled
+from model.loading.layout import detect_layout
+from model.loading.text_encoder import load_tokenizer
+from model.network.text_encoder import prompt_token_ids
 from model.request import EngineLimits, GenerationRequest, GenerationResult, StepCallback
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ class RayEngine:
     def __init__(self, handle: serve.handle.DeploymentHandle, settings: Settings):
         self._handle = handle
         self._settings = settings
+        # Tokens are counted here, with the checkpoint's own tokenizer: a replica would answer only once it
+        # has no image running (max_ongoing_requests=1), and its queue is the one backpressure counts.
+        self._tokenizer = load_tokenizer(detect_layout(settings.weights_dir).tokenizer)
         self._info = dict(handle.describe.remote().result())
         self._limits: EngineLimits = handle.limits.remote().result()
         self._states: dict[str, int] = {}
@@ -79,13 +85,13 @@ class RayEngine:
         raise ServiceError("replica_failed", status=503, detail="the replica's stream ended without a result")
 
     def count_tokens(self, prompt: str) -> int:
-        return int(self._handle.count_tokens.remote(prompt).result())
+        return len(prompt_token_ids(self._tokenizer, prompt))
 
     def describe(self) -> dict[str, Any]:
         return {**self._info, "serving": "ray"}
 
-    def warmup(self) -> None:
-        """Nothing to do: every replica warms itself up before Serve routes jobs to it."""
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Nothing to do: every replica warms itself up (at the configured sizes) before Serve routes jobs to it."""
 
     @property
     def limits(self) -> EngineLimits:

@@ -35,7 +35,7 @@ class EngineReplica:
         self._settings = settings
         self._engine = engine_factory(settings)()
         if settings.warmup:
-            self._engine.warmup()
+            self._engine.warmup(settings.warmup_size_list)
         # One engine thread: the GPU runs one image at a time, and a cancelled job's last step finishes
         # before the next job starts.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -48,9 +48,6 @@ class EngineReplica:
 
     def limits(self) -> EngineLimits:
         return self._engine.limits
-
-    def count_tokens(self, prompt: str) -> int:
-        return int(self._engine.count_tokens(prompt))
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)

@@ -177,6 +177,24 @@ def test_a_full_serve_queue_is_our_429(ray_server: LiveServer, monkeypatch: pyte
     assert refused.value.key == "queue_full" and refused.value.status == 429
 
 
+def test_tokens_are_counted_in_the_app_as_the_engine_counts_them(ray_server: LiveServer, tiny_model_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """Counting a prompt never waits for a replica (they are busy with images; their queue is the one
+    backpressure counts), and gives the engine's own count, chat template included."""
+    from model.engine import Engine
+
+    engine = ray_server.service._engine
+
+    class NoHandle:
+        def __getattr__(self, name):
+            raise AssertionError(f"count_tokens used the replicas' handle ({name})")
+
+    monkeypatch.setattr(engine, "_handle", NoHandle())
+    local = Engine.from_pretrained(tiny_model_dir / "comfy", device="cpu")
+    for prompt in ("a lighthouse at dusk", "一只猫坐在红色的沙发上", "x " * 300):
+        assert engine.count_tokens(prompt) == local.count_tokens(prompt)
+
+
 def test_an_engine_refusal_in_a_replica_keeps_its_code_and_field(ray_server: LiveServer):
     """The replica's engine refuses an unreadable LoRA: the client gets the same 400 as in local mode."""
     lora_dir = ray_server.service.settings.lora_dir

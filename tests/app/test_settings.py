@@ -125,3 +125,18 @@ def test_settings_cannot_raise_the_engines_limits(env: dict, words: list[str]):
     for word in words:
         assert word in str(caught.value)
     assert ENGINE_LIMITS.batch_size[1] == 4 and ENGINE_LIMITS.steps[1] == 50
+
+
+def test_speed_settings_are_validated_and_warmup_sizes_parsed():
+    settings = load_settings({"ZIMAGE_WARMUP_SIZES": "1024x1024, 768x1344", "ZIMAGE_COMPILE_MODE": "reduce-overhead",
+                              "ZIMAGE_FP8_MATMUL": "dynamic", "ZIMAGE_FUSE_PROJECTIONS": "true"})
+    assert settings.warmup_size_list == ((1024, 1024), (768, 1344))
+    assert (settings.compile_mode, settings.fp8_matmul, settings.fuse_projections) == ("reduce-overhead", "dynamic", True)
+    assert Settings().warmup_size_list == ()
+    for env, words in (({"ZIMAGE_COMPILE_MODE": "fast"}, ["compile_mode", "reduce-overhead"]),
+                       ({"ZIMAGE_FP8_MATMUL": "int8"}, ["fp8_matmul", "dynamic"]),
+                       ({"ZIMAGE_WARMUP_SIZES": "1024x1000"}, ["warmup_sizes", "1024x1000", "multiples of 16"]),
+                       ({"ZIMAGE_WARMUP_SIZES": "big"}, ["warmup_sizes", "'big'"])):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(env)
+        assert all(word in str(caught.value) for word in words), str(caught.value)
