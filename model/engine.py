@@ -38,6 +38,7 @@ from model.lora.manager import LoraManager
 from model.memory.manager import MemoryManager
 from model.request import (ENGINE_LIMITS, RANGED_FIELDS, EngineLimits, GenerationRequest, GenerationResult,
                            StepCallback, encoded_prompts, uses_cfg)
+from model.sampling import catalog, seed_variety
 from model.network.text_encoder import PromptEncoder, PromptFeatures
 from model.network.transformer import SEQ_MULTIPLE, ZImageTransformer
 from model.network.vae import DEFAULT_TILE, FluxVAE
@@ -127,8 +128,8 @@ class Engine:
             latents = self._initial_latents(request, sigmas[0], timings)
             chunk = admission.batch_chunk or request.batch_size  # smaller chunks only when memory says so
             with _timed(timings, "denoising"):
-                parts = [self._denoise(request, part, sigmas, positive, negative, on_step)
-                         for part in latents.split(chunk)]
+                parts = [self._denoise(request, part, sigmas, positive, negative, on_step, request.seed + start)
+                         for start, part in zip(range(0, request.batch_size, chunk), latents.split(chunk))]
             with _timed(timings, "vae_decode"):
                 images = [image for part in parts for image in self._decode(part, admission.tiled_vae)]
         timings["total"] = time.perf_counter() - started
@@ -222,12 +223,18 @@ class Engine:
 
     def _denoise(self, request: GenerationRequest, latents: torch.Tensor, sigmas: torch.Tensor,
                  positive: PromptFeatures, negative: PromptFeatures | None,
-                 on_step: StepCallback | None) -> torch.Tensor:
+                 on_step: StepCallback | None, first_seed: int) -> torch.Tensor:
+        seeds = [first_seed + i for i in range(latents.shape[0])]
         with self.memory.use("transformer") as transformer:
-            velocity = _TransformerVelocity(transformer, positive, negative, latents.shape[0])
+            velocity = _TransformerVelocity(transformer, [positive.features] * len(seeds), negative)
+            varied = None
+            if request.seed_variety > 0:  # per-image perturbed prompt for the early steps
+                varied = _TransformerVelocity(transformer, [seed_variety.vary_features(
+                    positive.features, seed, request.seed_variety) for seed in seeds], negative)
             return sampler.denoise(
                 velocity, latents, sigmas, guidance=request.guidance, cfg_truncation=request.cfg_truncation,
-                cfg_normalization=request.cfg_normalization, on_step=on_step,
+                cfg_normalization=request.cfg_normalization, on_step=on_step, sampler=request.sampler,
+                noise_seeds=seeds, early_velocity=varied, early_steps=seed_variety.early_steps(len(sigmas) - 1),
             )
 
     def _admit(self, request: GenerationRequest) -> Admission:
@@ -309,6 +316,7 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
     _validate_ranges(request, limits)
+    catalog.check_choices(request)  # sampler name, seed_variety range
     max_tokens = caption_capacity(axes_lens)
     _check(_is_whole(request.max_sequence_length) and 1 <= request.max_sequence_length <= max_tokens,
            "max_sequence_length",
@@ -320,12 +328,12 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
 class _TransformerVelocity:
     """Velocity callable for the sampler: one transformer call on prepared caption contexts."""
 
-    def __init__(self, transformer: ZImageTransformer, positive: PromptFeatures,
-                 negative: PromptFeatures | None, batch: int):
+    def __init__(self, transformer: ZImageTransformer, positives: list[torch.Tensor],
+                 negative: PromptFeatures | None):
         self.transformer = transformer
-        self.captions = {False: [positive.features] * batch}
+        self.captions = {False: positives}  # one caption per sample
         if negative is not None:
-            self.captions[True] = [positive.features] * batch + [negative.features] * batch
+            self.captions[True] = positives + [negative.features] * len(positives)
         self._contexts: dict[bool, object] = {}  # prepared lazily: CFG truncation may never need one
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, guided: bool) -> torch.Tensor:

@@ -38,6 +38,8 @@ class GenerationRequest:
     cfg_normalization: float = 0.0
     max_sequence_length: int = 512
     loras: tuple[LoraSpec, ...] = ()
+    sampler: str = "euler"  # a key of model.sampling.catalog.SAMPLERS
+    seed_variety: float = 0.0  # x the prompt embedding's std, on the early steps (model.sampling.seed_variety)
 
 
 # Seeds are one torch.Generator seed each (64 bits); image i of a batch uses seed + i.
@@ -98,11 +100,16 @@ def encoded_prompts(request: GenerationRequest) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StepProgress:
-    """Reported after each transformer step; `step` counts from 1 up to `total`."""
+    """Reported after each transformer step; `step` counts from 1 up to `total`.
+
+    `preview`, when set, renders the model's current clean-image estimate as small RGB images (one per
+    image of the batch part, at most 256 px a side; model.sampling.preview); it costs nothing until called.
+    """
 
     step: int
     total: int
     sigma: float
+    preview: "Callable[[], list[Image.Image]] | None" = field(default=None, compare=False, repr=False)
 
 
 # A callback receives StepProgress after every step; raising GenerationCancelled stops the run.

@@ -1,18 +1,24 @@
-"""Flow-matching sampling for Z-Image: sigma schedule, seeded noise, CFG and the Euler loop (pure functions).
+"""Flow-matching sampling for Z-Image: sigma schedule, seeded noise, CFG and the denoising loop.
 
 Conventions (Tongyi-MAI/Z-Image `src/zimage/scheduler.py`, diffusers' `pipeline_z_image.py`): sigma runs from 1 (pure noise) to 0 (clean). The transformer receives
-t = 1 - sigma and predicts x0 - noise; the sampler negates that before the Euler step
-x_next = x + (sigma_next - sigma) * (-v). Latents and all schedule math stay in fp32.
+t = 1 - sigma and predicts x0 - noise; the loop negates that into the flow dx/dsigma = noise - x0 and hands
+it to the chosen update rule (model.sampling.solvers; Euler: x_next = x + (sigma_next - sigma) * flow).
+Latents and all schedule math stay in fp32.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from functools import partial
+from typing import Protocol, Sequence
 
 import torch
 
 from model.request import StepProgress, StepCallback
+from model.sampling.catalog import DEFAULT_SAMPLER, SAMPLERS
+from model.sampling.noise import StepNoise
+from model.sampling.preview import step_preview
+from model.sampling.solvers import make_solver
 
 logger = logging.getLogger(__name__)
 
@@ -105,23 +111,38 @@ def denoise(
     cfg_truncation: float = 1.0,
     cfg_normalization: float = 0.0,
     on_step: StepCallback | None = None,
+    sampler: str = DEFAULT_SAMPLER,
+    noise_seeds: Sequence[int] | None = None,
+    early_velocity: VelocityFn | None = None,
+    early_steps: int = 0,
 ) -> torch.Tensor:
-    """Euler-integrate from sigmas[0] to sigmas[-1]: exactly one velocity call per step (len(sigmas)-1).
+    """Integrate from sigmas[0] to sigmas[-1] with `sampler`: exactly one velocity call per step (len(sigmas)-1).
 
-    `on_step` runs after every step with StepProgress(step, total, sigma reached); if it raises
-    (e.g. GenerationCancelled) the loop stops there and the exception propagates.
+    Stochastic samplers draw their step noise for sample i from the stream of noise_seeds[i]
+    (model.sampling.noise). `early_velocity`, when given, replaces `velocity` for the first `early_steps`
+    steps (seed variety). `on_step` runs after every step with StepProgress(step, total, sigma reached,
+    preview); calling `preview()` renders the step's clean estimate, and nothing is computed when nobody
+    calls it. If on_step raises (e.g. GenerationCancelled) the loop stops there and the exception propagates.
     """
     latents = latents.float()
     total = len(sigmas) - 1
+    noise = None
+    if SAMPLERS[sampler].stochastic:
+        if noise_seeds is None or len(noise_seeds) != latents.shape[0]:
+            raise ValueError(f"sampler {sampler!r} is stochastic: pass one noise seed per sample")
+        noise = StepNoise(noise_seeds, tuple(latents.shape[1:]), latents.device)
+    solver = make_solver(sampler, sigmas, noise)
     for i in range(total):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        sigma = sigmas[i]
         t = model_time(sigma)
         scale = guidance_at(guidance, float(t), cfg_truncation)
+        step_velocity = early_velocity if early_velocity is not None and i < early_steps else velocity
         # non_blocking: these scalars come from the CPU; a blocking copy would wait for the GPU every step.
-        prediction = _velocity_step(velocity, latents, t.to(latents.device, non_blocking=True), scale,
+        prediction = _velocity_step(step_velocity, latents, t.to(latents.device, non_blocking=True), scale,
                                     cfg_normalization)
-        latents = latents + (sigma_next - sigma).to(latents.device, non_blocking=True) * (-prediction)
+        flow = -prediction
+        seen, latents = latents, solver.step(i, latents, flow)
         if on_step is not None:
-            on_step(StepProgress(step=i + 1, total=total, sigma=float(sigma_next)))
+            on_step(StepProgress(step=i + 1, total=total, sigma=float(sigmas[i + 1]),
+                                 preview=partial(step_preview, seen, flow, float(sigma))))
     return latents
-
