@@ -59,6 +59,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "{field} must be between {min} and {max}; got {value}.",
         "zh": "{field} 必须在 {min} 到 {max} 之间；当前为 {value}。",
     },
+    "not_a_choice": {
+        "en": "{field} must be one of {choices}; got {value!r} ({default} is the default).",
+        "zh": "{field} 必须是以下之一：{choices}；当前为 {value!r}（默认为 {default}）。",
+    },
     "invalid_value": {
         "en": "Invalid value for {field}: {detail}",
         "zh": "{field} 的值无效：{detail}",

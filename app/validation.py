@@ -12,7 +12,7 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ServiceError, out_of_range
-from app.fields import NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
+from app.fields import CHOICE_FIELDS, NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
 from app.settings import Settings
 from model.request import GenerationRequest
 
@@ -46,8 +46,8 @@ def check_prompt_tokens(prompt: str, settings: Settings, count_tokens: Callable[
 
 
 def check_request(request: GenerationRequest, settings: Settings, door: str = "gradio") -> None:
-    """Range checks for every numeric field of a request (the engine's limits narrowed by the settings);
-    the first violation is raised, naming the field as `door` calls it."""
+    """Range checks for every numeric field of a request (the engine's limits narrowed by the settings) and
+    the choice fields' values; the first violation is raised, naming the field as `door` calls it."""
     check_prompt_text(request.prompt, settings)
     for field in NUMERIC_FIELDS:
         value = getattr(request, field.name)
@@ -57,6 +57,10 @@ def check_request(request: GenerationRequest, settings: Settings, door: str = "g
                 raise ServiceError("size_out_of_range", field=field.name, value=value, min=low, max=high)
         elif not low <= value <= high:
             raise out_of_range(door_name(field.name, door), value, low, high)
+    for field in CHOICE_FIELDS:
+        if getattr(request, field.name) not in field.choices:
+            raise ServiceError("not_a_choice", field=door_name(field.name, door), value=getattr(request, field.name),
+                               choices=", ".join(field.choices), default=field.default)
 
 
 def decode_base64_image(text: str, settings: Settings, field: str = "image") -> Image.Image:

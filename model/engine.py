@@ -277,6 +277,7 @@ _RANGE_HINTS = {
     "guidance": " (0 = off, the Turbo default)",
     "strength": " (1 = ignore the reference image's content)",
     "cfg_truncation": " (1 = never truncate)",
+    "seed_variety": " (0 = off)",
     "cfg_normalization": " (0 = off)",
 }
 
@@ -316,7 +317,7 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
     _validate_ranges(request, limits)
-    catalog.check_choices(request)  # sampler name, seed_variety range
+    catalog.check_sampler(request.sampler)
     max_tokens = caption_capacity(axes_lens)
     _check(_is_whole(request.max_sequence_length) and 1 <= request.max_sequence_length <= max_tokens,
            "max_sequence_length",

@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
-from app.fields import NUMERIC_FIELDS, RESTORED_FIELDS
+from app.fields import DOOR_DEFAULTS, NUMERIC_FIELDS, RESTORED_FIELDS, TEXT_FIELDS
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
 from app.loras import check_scale, list_lora_names, resolve_loras
@@ -94,9 +94,9 @@ class UiHandlers:
         path = image.get("path") if isinstance(image, dict) else image
         reference = open_uploaded_file(path, self.settings) if path else None
         numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in NUMERIC_FIELDS}
-        return GenerationRequest(
-            prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
-            reference_image=reference, loras=resolve_loras(lora_items(form), self.settings.lora_dir), **numbers)
+        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name, "")) for field in TEXT_FIELDS}
+        return GenerationRequest(**texts, **numbers, reference_image=reference,
+                                 loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 
     def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
         version = -1

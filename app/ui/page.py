@@ -21,6 +21,7 @@ from app.settings import Settings
 from app.ui.export import GRADIO_PARAMETERS
 from app.ui.handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
 from app.ui.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
+from app.ui.samplers import sampler_choices
 from app.ui.slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
 from app.ui.strings import ui_text
 
@@ -148,11 +149,21 @@ def _slider(L: Labels, name: str, settings: Settings) -> Any:
     return L(slider, **props)
 
 
+def _choice(L: Labels, field: RequestField) -> Any:
+    """A choice field as a dropdown (the sampler: its choices say what each costs)."""
+    props = _labelled(field)
+    choices = sampler_choices() if field.name == "sampler" else [(name, name) for name in field.choices]
+    dropdown = gr.Dropdown(choices, value=field.default, elem_id=field.dom_id,
+                           **{prop: L.t(key) for prop, key in props.items()})
+    return L(dropdown, **props)
+
+
 def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
     """Prompt, guidance/steps/seed, size presets, batch, reference image, advanced: name -> component.
 
-    The main fields are placed here; every field of the "advanced" section is a slider in the Advanced
-    accordion, in table order, so a new numeric field appears there without touching this function."""
+    The main fields are placed here; every field of the "advanced" section is a slider (a dropdown for a
+    choice field) in the Advanced accordion, in table order, so a new field appears there without touching
+    this function."""
     t = L.t
     f: dict[str, Any] = {}
     f["prompt"] = L(gr.Textbox(label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, elem_id="prompt"),
@@ -190,7 +201,7 @@ def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
         f["strength"] = _slider(L, "strength", settings)
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
         for field in fields_in("advanced"):
-            f[field.name] = _slider(L, field.name, settings)
+            f[field.name] = _choice(L, field) if field.choices else _slider(L, field.name, settings)
     return f
 
 

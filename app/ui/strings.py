@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.ui.samplers import sampler_cost_note
 from app.ui.slots import MAX_UI_LORAS, SLOTS, name_field, scale_field
 
 EN: dict[str, str] = {
@@ -33,6 +34,10 @@ EN: dict[str, str] = {
     "shift": "Schedule shift",
     "cfg_truncation": "CFG truncation",
     "cfg_normalization": "CFG normalization (0 = off)",
+    "sampler": "Sampler",
+    "sampler_info": sampler_cost_note("en"),
+    "seed_variety": "Seed variety (0 = off)",
+    "seed_variety_info": "More different images across seeds: seeded noise on the prompt for the first steps.",
     "loras": "LoRA",
     "loras_info": "Up to {slots} LoRA files from the server's LoRA folder, each with its own strength "
     "(1 = as trained, 0 = off, negative = the opposite). Empty slots are ignored.".format(slots=MAX_UI_LORAS),
@@ -84,6 +89,10 @@ ZH_CN: dict[str, str] = {
     "shift": "调度偏移 (shift)",
     "cfg_truncation": "CFG 截断",
     "cfg_normalization": "CFG 归一化（0 = 关闭）",
+    "sampler": "采样器",
+    "sampler_info": sampler_cost_note("zh"),
+    "seed_variety": "种子多样性（0 = 关闭）",
+    "seed_variety_info": "让不同种子的图像差别更大：前几步给提示词加入按种子生成的噪声。",
     "loras": "LoRA",
     "loras_info": "最多 {slots} 个来自服务器 LoRA 文件夹的 LoRA，各有自己的强度"
     "（1 = 训练时的效果，0 = 关闭，负值 = 反向）。空位置会被忽略。".format(slots=MAX_UI_LORAS),
