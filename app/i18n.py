@@ -159,6 +159,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Generating: step {step}/{total}.",
         "zh": "生成中：第 {step}/{total} 步。",
     },
+    "preview_caption": {
+        "en": "preview · step {step}/{total}",
+        "zh": "预览 · 第 {step}/{total} 步",
+    },
     "status_done": {
         "en": "Done in {seconds:.1f} s. Seeds: {seeds}.",
         "zh": "完成，用时 {seconds:.1f} 秒。种子：{seeds}。",

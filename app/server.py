@@ -12,7 +12,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, health
+from app import __version__, api, health, stream
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
@@ -70,6 +70,7 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     # Our routes first: the Gradio mount at "/" would otherwise shadow them.
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
+    app.include_router(stream.build_stream_router(service))
     translations = build_i18n()
     demo = build_demo(service, translations)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.

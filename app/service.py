@@ -19,6 +19,7 @@ from app.jobs import Job, JobImage, JobResult
 from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
+from app.previews import capture_preview
 from app.settings import Settings
 from app.fields import DOOR_MAX_SEED
 from app.validation import check_prompt_tokens, check_request
@@ -113,8 +114,10 @@ class GenerationService:
         return self.engine_state == EngineState.READY
 
     # ---- doors ------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, door: str, owner: str | None = None) -> Job:
-        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full)."""
+    def submit(self, request: GenerationRequest, door: str, owner: str | None = None,
+               previews: bool = False) -> Job:
+        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full).
+        `previews`: the door shows live step previews (only when the `previews` setting is on)."""
         self.require_ready()
         check_request(request, self.settings, door)
         # The prompts the engine will encode, counted as its memory admission counts them.
@@ -131,7 +134,8 @@ class GenerationService:
                 self.metrics.job_finished("rejected")
                 raise queue_full(len(self._waiting))
             ahead = len(self._waiting) + (1 if self._running is not None else 0)
-            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead)
+            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead,
+                      wants_previews=previews and self.settings.previews)
             self._waiting.append(job)
             self.metrics.job_submitted()
             self._cond.notify_all()
@@ -272,6 +276,7 @@ class GenerationService:
             waiting.fail(error)
 
     def _on_step(self, job: Job, progress: StepProgress) -> None:
+        capture_preview(job, progress)
         job.report_step(progress.step, progress.total)
         if self.settings.debug_step_delay:
             job.sleep_unless_cancelled(self.settings.debug_step_delay)

@@ -58,6 +58,8 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096
     output_dir: Path = Path("outputs")
+    # Live previews of the image forming (a small JPEG after a step, at most every 0.3 s); off saves the cost.
+    previews: bool = True
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
     # press Stop. Never set it in production; 0 disables it.
     debug_step_delay: float = 0.0

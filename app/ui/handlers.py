@@ -78,7 +78,7 @@ class UiHandlers:
         try:
             gen_request = self._build_request(form)
             owner = getattr(request, "session_hash", None)
-            job = self.service.submit(gen_request, door="gradio", owner=owner)
+            job = self.service.submit(gen_request, door="gradio", owner=owner, previews=True)
         except ServiceError as err:
             self.service.metrics.error(err.key)
             raise gr.Error(err.message(lang), print_exception=False) from None
@@ -99,7 +99,9 @@ class UiHandlers:
                                  loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 
     def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
-        version = -1
+        """Stream the job: queue position, then each step (with the newest live preview in the results
+        gallery, where the images will appear), then the images."""
+        version, shown_preview = -1, 0
         while True:
             version = job.wait_for_change(version, POLL_SECONDS)
             if job.state == JobState.QUEUED:
@@ -110,8 +112,12 @@ class UiHandlers:
                 total = job.total_steps or job.request.steps
                 progress((job.step, total), desc=translate("status_running", lang, step=job.step, total=total),
                          unit="steps")
-                yield (translate("status_running", lang, step=job.step, total=total),
-                       gr.skip(), gr.skip(), gr.skip())
+                preview = gr.skip()
+                if job.preview is not None and job.preview_step != shown_preview:
+                    shown_preview = job.preview_step
+                    caption = translate("preview_caption", lang, step=shown_preview, total=total)
+                    preview = [(Image.open(io.BytesIO(job.preview)), caption)]
+                yield translate("status_running", lang, step=job.step, total=total), preview, gr.skip(), gr.skip()
             elif job.state == JobState.SUCCEEDED:
                 yield self._final_outputs(job, lang)
                 return

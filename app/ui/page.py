@@ -85,8 +85,10 @@ def _build_layout(L: Labels, settings: Settings) -> dict[str, Any]:
                                           elem_id="recipe-drop", height=90), label="recipe_drop")
         with gr.Column(scale=5):
             ui["status"] = gr.Markdown(elem_id="status")
-            ui["gallery"] = L(gr.Gallery(label=t("gallery"), format="png", columns=2, height=520, elem_id="gallery",
-                                         buttons=["download", "fullscreen"]), label="gallery")
+            # format: how in-memory images are sent, i.e. the live JPEG previews; the results are PNG files
+            # from the output folder, served as they are.
+            ui["gallery"] = L(gr.Gallery(label=t("gallery"), format="jpeg", columns=2, height=520,
+                                         elem_id="gallery", buttons=["download", "fullscreen"]), label="gallery")
             ui["details"] = L(gr.JSON(label=t("details"), elem_id="details", open=False), label="details")
             ui["history_gallery"] = L(gr.Gallery(label=t("history"), format="png", columns=6, height=160,
                                                  elem_id="history", allow_preview=False), label="history")
