@@ -72,7 +72,6 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("shift", float, rest="shift", step=0.1, section="advanced"),
     RequestField("cfg_truncation", float, rest="cfg_truncation", step=0.01, section="advanced"),
     RequestField("cfg_normalization", float, rest="cfg_normalization", step=0.05, section="advanced"),
-    # Last: appended fields keep the positional Gradio API of older clients working.
     RequestField("sampler", str, rest="sampler", section="advanced", info="sampler_info", choices=tuple(SAMPLERS)),
     RequestField("seed_variety", float, rest="seed_variety", step=0.05, section="advanced",
                  info="seed_variety_info"),

@@ -159,6 +159,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Generating: step {step}/{total}.",
         "zh": "生成中：第 {step}/{total} 步。",
     },
+    "history_deleted": {
+        "en": "The image was deleted from the output folder.",
+        "zh": "已从输出文件夹中删除该图片。",
+    },
+    "history_nothing_chosen": {
+        "en": "Choose an image in the history first (click it).",
+        "zh": "请先在历史中点击选中一张图片。",
+    },
     "preview_caption": {
         "en": "preview · step {step}/{total}",
         "zh": "预览 · 第 {step}/{total} 步",

@@ -71,6 +71,9 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
     app.include_router(stream.build_stream_router(service))
+    # Static: Gradio serves the output folder's PNGs (results, history) from where they are instead of
+    # copying each into its cache.
+    gr.set_static_paths([settings.output_dir.resolve()])
     translations = build_i18n()
     demo = build_demo(service, translations)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.

@@ -15,6 +15,7 @@ from typing import Any
 
 from app.engine_loader import EngineFactory
 from app.errors import ServiceError, queue_full
+from app.history import History
 from app.jobs import Job, JobImage, JobResult
 from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
@@ -51,6 +52,7 @@ class GenerationService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._load_engine = load_engine
+        self.history = History(settings.output_dir, settings.history_max_images, settings.history_max_days)
         self._engine: EngineProtocol | None = None
         self.engine_info: dict[str, Any] = {}
         self.engine_state = EngineState.LOADING
@@ -294,6 +296,7 @@ class GenerationService:
             recipe = build_recipe(request, seed, index, self.engine_info, loras, reference, result.timings)
             png = encode_png(image, recipe)
             images.append(JobImage(png=png, path=self._save(job, index, seed, png), seed=seed, recipe=recipe))
+        self.history.apply_retention()
         timings = dict(result.timings)
         timings["png_encode"] = time.perf_counter() - started
         timings["queue_wait"] = job.started_at - job.submitted_at

@@ -71,11 +71,6 @@ def test_the_dropdown_says_what_samplers_cost_from_the_catalogue():
     assert FIELD_BY_NAME["sampler"].choices == tuple(SAMPLERS)
 
 
-def test_seed_variety_and_sampler_come_last_so_positional_gradio_clients_keep_working():
-    from app.fields import FORM_FIELDS
-    assert FORM_FIELDS[-2:] == ("sampler", "seed_variety")
-
-
 def test_the_form_sends_and_a_dropped_png_restores_sampler_and_seed_variety(tmp_path):
     from PIL import Image
 
