@@ -21,6 +21,7 @@ from app.settings import Settings
 from app.ui.export import GRADIO_PARAMETERS
 from app.ui.handlers import EXPORT_SOURCES, RESTORED_OUTPUTS, UiHandlers
 from app.ui.history_panel import HistoryPanel
+from app.ui.locale import SET_GRADIO_LOCALE_JS
 from app.ui.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
 from app.ui.samplers import sampler_choices
 from app.ui.slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
@@ -63,7 +64,7 @@ def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
         _wire_form(handlers, ui)
         _wire_export(handlers, ui)
         _wire_history(handlers, panel, ui, demo)
-        _wire_page(handlers, ui, labels, demo)
+        _wire_page(handlers, panel, ui, labels, demo)
     return demo
 
 
@@ -86,7 +87,7 @@ def _build_layout(L: Labels, settings: Settings) -> dict[str, Any]:
                 ui["generate"] = L(gr.Button(t("generate"), variant="primary", elem_id="gen-btn"), value="generate")
                 ui["stop"] = L(gr.Button(t("stop"), variant="stop", elem_id="stop-btn"), value="stop")
             ui["recipe_drop"] = L(gr.File(label=t("recipe_drop"), file_types=[".png"], type="filepath",
-                                          elem_id="recipe-drop", height=90), label="recipe_drop")
+                                          elem_id="recipe-drop", height=150), label="recipe_drop")
         with gr.Column(scale=5):
             ui["status"] = gr.Markdown(elem_id="status")
             # format: how in-memory images are sent, i.e. the live JPEG previews; the results are PNG files
@@ -174,11 +175,20 @@ def _wire_export(handlers: UiHandlers, ui: dict[str, Any]) -> None:
                 concurrency_limit=None)
 
 
-def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: gr.Blocks) -> None:
+def _wire_page(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], labels: Labels,
+               demo: gr.Blocks) -> None:
     """Language (browser first, then the switch), the weights banner, and the LoRA lists on page load."""
     private = {"api_visibility": "private", "queue": False}
-    ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
-        labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private)
+    # The upload zones read Gradio's locale when they mount: hiding and showing them again mounts them anew
+    # in the language the script just set.
+    uploads = [ui["reference_image"], ui["recipe_drop"]]
+    ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]],
+                           js=SET_GRADIO_LOCALE_JS, **private).then(
+        lambda: [gr.update(visible=False)] * len(uploads), outputs=uploads, **private).then(
+        lambda: [gr.update(visible=True)] * len(uploads), outputs=uploads, **private).then(
+        labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private).then(
+        panel.show, inputs=[ui["history_page"], ui["lang"]],
+        outputs=[ui["history_gallery"], ui["history_ids"], ui["history_page"], ui["history_info"]], **private)
     ui["banner_timer"].tick(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
     demo.load(handlers.detect_language, outputs=[ui["lang"], ui["lang_radio"]], **private)
     demo.load(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
