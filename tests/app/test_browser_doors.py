@@ -111,7 +111,8 @@ def test_the_language_switch_covers_gradios_own_strings(browser, fake_server: Li
     # An error toast: its message in the chosen language (its title is Gradio's name of the toast type).
     page.locator("#prompt textarea").fill("   ")
     page.locator("#gen-btn").click()
-    expect(page.get_by_test_id("toast-body")).to_contain_text("The prompt is empty" if target == "en" else "提示词为空")
+    expected = "The prompt is empty" if target == "en" else "提示词为空"
+    expect(page.get_by_test_id("toast-body")).to_contain_text(expected)
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{target}-switched-from-{browser_locale}.png"), full_page=True)
     page.context.close()
