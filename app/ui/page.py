@@ -179,13 +179,14 @@ def _wire_page(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], la
                demo: gr.Blocks) -> None:
     """Language (browser first, then the switch), the weights banner, and the LoRA lists on page load."""
     private = {"api_visibility": "private", "queue": False}
-    # The upload zones read Gradio's locale when they mount: hiding and showing them again mounts them anew
-    # in the language the script just set.
+    # Gradio's own strings follow its frontend locale, which the script sets (awaited before the event that
+    # shows the upload zones again). The zones read the locale only when they mount, so they are hidden
+    # first: a file dropped meanwhile waits for the new zone instead of landing in the old one.
     uploads = [ui["reference_image"], ui["recipe_drop"]]
-    ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]],
-                           js=SET_GRADIO_LOCALE_JS, **private).then(
+    ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
         lambda: [gr.update(visible=False)] * len(uploads), outputs=uploads, **private).then(
-        lambda: [gr.update(visible=True)] * len(uploads), outputs=uploads, **private).then(
+        lambda _: [gr.update(visible=True)] * len(uploads), inputs=[ui["lang_radio"]], outputs=uploads,
+        js=SET_GRADIO_LOCALE_JS, **private).then(
         labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private).then(
         panel.show, inputs=[ui["history_page"], ui["lang"]],
         outputs=[ui["history_gallery"], ui["history_ids"], ui["history_page"], ui["history_info"]], **private)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from app_helpers import make_settings
@@ -90,22 +91,33 @@ def test_history_lists_the_output_folder_and_acts_on_the_chosen_image(browser, f
     page.context.close()
 
 
-GRADIO_STRINGS = {"en": ("Drop Image Here", "Click to Upload", "Use via API", "Built with Gradio"),
-                  "zh": ("将图像拖放到此处", "点击上传", "通过 API 使用", "使用 Gradio 构建")}
+GRADIO_STRINGS = {"en": ("Drop File Here", "Click to Upload", "Use via API", "Built with Gradio"),
+                  "zh": ("将文件拖放到此处", "点击上传", "通过 API 使用", "使用 Gradio 构建")}
+IMAGE_ZONE = {"en": "Drop Image Here", "zh": "将图像拖放到此处"}
 
 
 @pytest.mark.parametrize("browser_locale, target", [("zh-CN", "en"), ("en-US", "zh")])
 def test_the_language_switch_covers_gradios_own_strings(browser, fake_server: LiveServer, browser_locale: str,
-                                                        target: str):  # noqa: F811
+                                                        target: str, tmp_path: Path):  # noqa: F811
     page = open_page(browser, fake_server, browser_locale)
     start = "zh" if browser_locale.startswith("zh") else "en"
-    for text in GRADIO_STRINGS[start]:
+    for text in (*GRADIO_STRINGS[start], IMAGE_ZONE[start]):
         expect(page.get_by_text(text).first).to_be_visible()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{start}-at-load-{browser_locale}.png"), full_page=True)
+    uploaded = target == "zh"  # one case switches with a reference image in place, which must stay
+    if uploaded:
+        reference = tmp_path / "reference.png"
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(reference)
+        page.locator("#ref-img input[type=file]").set_input_files(str(reference))
+        expect(page.locator("#ref-img img")).to_be_visible()
     page.locator("#lang-switch").get_by_text("English" if target == "en" else "中文").click()
-    for text in GRADIO_STRINGS[target]:
+    for text in GRADIO_STRINGS[target] + (() if uploaded else (IMAGE_ZONE[target],)):
         expect(page.get_by_text(text).first).to_be_visible()
-    for text in GRADIO_STRINGS[start]:
+    for text in (*GRADIO_STRINGS[start], IMAGE_ZONE[start]):
         expect(page.get_by_text(text)).to_have_count(0)
+    if uploaded:
+        expect(page.locator("#ref-img img")).to_be_visible()  # the remounted zone keeps the uploaded image
     expect(page.locator("#seed-random")).to_have_text("Random seed" if target == "en" else "随机种子")
     expect(page.locator("#history-info")).to_contain_text("Page 1/" if target == "en" else "第 1/")
     # An error toast: its message in the chosen language (its title is Gradio's name of the toast type).
@@ -113,6 +125,5 @@ def test_the_language_switch_covers_gradios_own_strings(browser, fake_server: Li
     page.locator("#gen-btn").click()
     expected = "The prompt is empty" if target == "en" else "提示词为空"
     expect(page.get_by_test_id("toast-body")).to_contain_text(expected)
-    SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{target}-switched-from-{browser_locale}.png"), full_page=True)
     page.context.close()
