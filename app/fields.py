@@ -1,7 +1,7 @@
 """The one table of request fields: every door (form, Gradio API, REST, exported code, PNG recipe) reads it.
 
 A plain numeric field is added here (plus its GenerationRequest attribute, its EngineLimits range and its
-app.ui.strings label); the REST model, the form, the handler's API signature, the snippets, the recipe and
+app.ui.strings label; a choice field names its choices instead of a range); the REST model, the form, the handler's API signature, the snippets, the recipe and
 the restore-from-PNG mapping all follow from this table.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from app.settings import Settings
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest
+from model.sampling.catalog import SAMPLERS
 
 RANDOM_SEED = -1  # a seed field left at this draws a new seed for each request
 # Seeds the doors accept: the browser holds numbers as doubles, exact only up to 2**53; 32 bits stay
@@ -36,6 +37,7 @@ class RequestField:
     elem_id: str = ""  # DOM id on the page (default: the name with dashes)
     restore: bool = True  # a dropped PNG's recipe sets it back on the form
     with_reference_only: bool = False  # meaningful (recorded, exported) only when a reference image is used
+    choices: tuple[str, ...] = ()  # a text field limited to these values (a dropdown on the form)
 
     @property
     def label_key(self) -> str:
@@ -70,10 +72,15 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("shift", float, rest="shift", step=0.1, section="advanced"),
     RequestField("cfg_truncation", float, rest="cfg_truncation", step=0.01, section="advanced"),
     RequestField("cfg_normalization", float, rest="cfg_normalization", step=0.05, section="advanced"),
+    RequestField("sampler", str, rest="sampler", section="advanced", info="sampler_info", choices=tuple(SAMPLERS)),
+    RequestField("seed_variety", float, rest="seed_variety", step=0.05, section="advanced",
+                 info="seed_variety_info"),
 )
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
 FORM_FIELDS = tuple(field.name for field in FIELDS)
 NUMERIC_FIELDS = tuple(field for field in FIELDS if field.numeric)
+TEXT_FIELDS = tuple(field for field in FIELDS if field.kind is str)
+CHOICE_FIELDS = tuple(field for field in FIELDS if field.choices)
 # Fields a dropped PNG's recipe restores, in the order the restore handler returns them.
 RESTORED_FIELDS = tuple(field.name for field in FIELDS if field.restore)
 # Fields every door fills in when left out (the prompt is required; the reference image has no default).

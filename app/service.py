@@ -16,10 +16,12 @@ from typing import Any, Callable
 from app.device_errors import free_device_memory, is_fatal_device_error, is_out_of_memory
 from app.engine_loader import EngineFactory
 from app.errors import ServiceError, queue_full
+from app.history import History
 from app.jobs import Job, JobImage, JobResult
 from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
+from app.previews import capture_preview
 from app.redaction import public_engine_info, redact
 from app.settings import Settings
 from app.fields import DOOR_MAX_SEED
@@ -53,6 +55,7 @@ class GenerationService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._load_engine = load_engine
+        self.history = History(settings.output_dir, settings.history_max_images, settings.history_max_days)
         self._engine: EngineProtocol | None = None
         self.engine_info: dict[str, Any] = {}
         self.engine_state = EngineState.LOADING
@@ -123,8 +126,10 @@ class GenerationService:
         return self.engine_state == EngineState.READY
 
     # ---- doors ------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, door: str, owner: str | None = None) -> Job:
-        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full)."""
+    def submit(self, request: GenerationRequest, door: str, owner: str | None = None,
+               previews: bool = False) -> Job:
+        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full).
+        `previews`: the door shows live step previews (only when the `previews` setting is on)."""
         self.require_ready()
         check_request(request, self.settings, door)
         # The prompts the engine will encode, counted as its memory admission counts them.
@@ -142,7 +147,8 @@ class GenerationService:
                 self.metrics.job_finished("rejected")
                 raise queue_full(len(self._waiting))
             ahead = len(self._waiting) + len(self._running)
-            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead)
+            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead,
+                      wants_previews=previews and self.settings.previews)
             self._waiting.append(job)
             self.metrics.job_submitted()
             self._cond.notify_all()
@@ -318,6 +324,7 @@ class GenerationService:
             waiting.fail(error)
 
     def _on_step(self, job: Job, progress: StepProgress) -> None:
+        capture_preview(job, progress)
         job.report_step(progress.step, progress.total)
         if self.settings.debug_step_delay:
             job.sleep_unless_cancelled(self.settings.debug_step_delay)
@@ -338,6 +345,7 @@ class GenerationService:
             recipe = build_recipe(request, seed, index, engine_info, loras, reference, result.timings)
             png = encode_png(image, recipe)
             images.append(JobImage(png=png, path=self._save(job, index, seed, png), seed=seed, recipe=recipe))
+        self.history.apply_retention()
         timings = dict(result.timings)
         timings["png_encode"] = time.perf_counter() - started
         timings["queue_wait"] = job.started_at - job.submitted_at

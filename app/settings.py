@@ -79,6 +79,12 @@ class Settings:
     ray_gpus_per_replica: float = 1.0
     ray_max_queued_requests: int = 4
     mcp_server: bool = False
+    # Live previews of the image forming (a small JPEG after a step, at most every 0.3 s); off saves the cost.
+    previews: bool = True
+    # Retention, applied after every save so the disk cannot fill: the newest this many images are kept
+    # (0 = no limit), and images older than this many days are deleted (0 = no limit).
+    history_max_images: int = 5000
+    history_max_days: float = 0.0
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
     # press Stop. Never set it in production; 0 disables it.
     debug_step_delay: float = 0.0
@@ -119,6 +125,8 @@ class Settings:
                                 f"ray_max_replicas ({self.ray_max_replicas})")
         if self.ray_gpus_per_replica < 0:
             raise SettingsError(f"setting ray_gpus_per_replica must be >= 0, got {self.ray_gpus_per_replica}")
+        if self.history_max_images < 0 or self.history_max_days < 0:
+            raise SettingsError("history_max_images and history_max_days must be >= 0 (0 = no limit)")
         if self.debug_step_delay < 0 or self.watchdog_seconds <= 0 or self.shutdown_grace_seconds < 0:
             raise SettingsError("debug_step_delay, watchdog_seconds and shutdown_grace_seconds must be >= 0")
 
