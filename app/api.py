@@ -86,10 +86,8 @@ def build_router(service: GenerationService) -> APIRouter:
     async def create_images(request: Request) -> JSONResponse:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
-            raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
-            # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
-            # would each block the event loop, and with it /health/live.
-            body = await asyncio.to_thread(parse_request, raw, settings)
+            body = await read_request(request, settings)
+            # In a thread: decoding the image and tokenizing the prompt (in submit) would block the event loop.
             job = await asyncio.to_thread(submit_body, service, body)
         except ServiceError as err:
             service.metrics.error(err.key)
@@ -106,6 +104,13 @@ def build_router(service: GenerationService) -> APIRouter:
 def error_response(err: ServiceError, lang: str) -> JSONResponse:
     """The OpenAI error body, with the error's headers (Retry-After on a full queue, ours or the replicas')."""
     return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
+
+
+async def read_request(request: Request, settings: Settings) -> OpenAIFields:
+    """The validated REST fields of a generation request (this endpoint's and the stream's). The parse runs
+    in a thread: a 27 MB body would otherwise block the event loop, and with it /health/live."""
+    raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
+    return await asyncio.to_thread(parse_request, raw, settings)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -171,9 +176,9 @@ def parse_body(data: dict) -> OpenAIFields:
         raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
 
 
-def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
+def submit_body(service: GenerationService, body: OpenAIFields, previews: bool = False) -> Job:
     """Build the engine request and queue it (blocking: image decoding and prompt tokenizing)."""
-    return service.submit(to_generation_request(body, service.settings), door="rest")
+    return service.submit(to_generation_request(body, service.settings), door="rest", previews=previews)
 
 
 def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api import BODY_SLACK_BYTES, parse_body, read_json, success_body, to_generation_request
+from app.api import error_response, read_request, submit_body, success_body
 from app.errors import ServiceError
 from app.i18n import language_from_header
 from app.jobs import Job, JobState
@@ -41,20 +41,15 @@ def build_stream_router(service: GenerationService) -> APIRouter:
     async def stream_images(request: Request, preview: bool = False) -> StreamingResponse | JSONResponse:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
-            body = parse_body(await read_json(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES))
-            job = await asyncio.to_thread(submit_with_previews, service, body, preview)
+            body = await read_request(request, settings)
+            job = await asyncio.to_thread(submit_body, service, body, preview)
         except ServiceError as err:  # refused before queueing: a plain error response, as the normal endpoint
             service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
+            return error_response(err, lang)
         return StreamingResponse(job_events(job, body, service, lang), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router
-
-
-def submit_with_previews(service: GenerationService, body, preview: bool) -> Job:
-    """As the normal endpoint submits (blocking: image decoding, prompt tokenizing), asking for previews."""
-    return service.submit(to_generation_request(body, service.settings), door="rest", previews=preview)
 
 
 async def job_events(job: Job, body, service: GenerationService, lang: str) -> AsyncIterator[bytes]:
