@@ -157,6 +157,7 @@ say "Writing supervisor/run/local.conf (venv, log file, ZIMAGE_* settings)"
 "$PY" supervisor/local_conf.py local --python "$PY" --log-file "$LOG"
 say "Putting a supervisorctl bound to this checkout on PATH"
 "$PY" supervisor/ctl_wrapper.py install --venv "$VENV" --bin-dir "${ZIMAGE_BIN_DIR:-}"
+"$PY" supervisor/ctl_wrapper.py venv-config --venv "$VENV"  # bare supervisorctl inside the activated venv too
 
 if supervisord_running; then
   say "supervisord is already running: applying the new settings"

@@ -14,8 +14,13 @@ Precedence (decided here, documented in the README, "Operating"):
   first on the default PATH; it stays reachable as /usr/bin/supervisorctl or with -c, and we say so;
 - one earlier on PATH, or the folder missing from PATH, means bare `supervisorctl` is not ours: we say so.
 
+Inside an activated venv the venv's own supervisorctl comes first on PATH; without a config it would try
+localhost:9001. supervisorctl looks for <venv>/etc/supervisord.conf first (next to its bin/), so `venv-config`
+writes one there that names only our socket.
+
     python supervisor/ctl_wrapper.py where                      # the default folder for this user
     python supervisor/ctl_wrapper.py install --venv .venv [--bin-dir DIR]
+    python supervisor/ctl_wrapper.py venv-config --venv .venv   # bare supervisorctl in the activated venv
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import shlex
 from pathlib import Path
 
 SUPERVISORD_CONF = Path(__file__).resolve().parent / "supervisord.conf"
+SOCKET = Path(__file__).resolve().parent / "run" / "supervisor.sock"  # [unix_http_server] file of that config
 COMMAND = "supervisorctl"
 # First line after the shebang; a file carrying it is ours to rewrite (a moved checkout, a new venv).
 MARKER = "# z-image-turbo supervisorctl wrapper"
@@ -100,6 +106,29 @@ def install(bin_dir: Path, venv: Path, search_path: str) -> list[str]:
         + path_notes(target, search_path)
 
 
+def venv_config_text(socket: Path) -> str:
+    """A config for the venv's supervisorctl alone: our daemon's socket (supervisord never reads this file)."""
+    return f"""; {MARKER}: the venv's supervisorctl (activated venv, no -c) talks to this checkout's supervisord.
+; Written by scripts/setup_and_start.sh; delete it to remove it.
+[supervisorctl]
+serverurl=unix://{socket}
+"""
+
+
+def write_venv_config(venv: Path, socket: Path = SOCKET) -> list[str]:
+    """<venv>/etc/supervisord.conf naming `socket`, unless a config we did not write is already there."""
+    target = venv / "etc" / "supervisord.conf"
+    if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace"):
+        return [f"!! {target} exists and is not ours: left alone (inside the activated venv pass "
+                f"-c {SUPERVISORD_CONF} to supervisorctl)."]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(venv_config_text(socket), encoding="utf-8")
+    except OSError as error:
+        return [f"!! cannot write {target} ({error.strerror}): inside the activated venv pass -c {SUPERVISORD_CONF}."]
+    return []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,9 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     install_parser = commands.add_parser("install", help="write the wrapper")
     install_parser.add_argument("--venv", required=True, help="the venv whose supervisorctl runs (made absolute)")
     install_parser.add_argument("--bin-dir", default="", help="target folder (empty: the default for this user)")
+    venv_parser = commands.add_parser("venv-config", help="point the venv's own supervisorctl at our daemon")
+    venv_parser.add_argument("--venv", required=True, help="the venv whose etc/supervisord.conf is written")
     args = parser.parse_args(argv)
     if args.command == "where":
         print(default_bin_dir())
+        return
+    if args.command == "venv-config":
+        for line in write_venv_config(Path(os.path.abspath(args.venv))):
+            print(line)
         return
     bin_dir = Path(os.path.abspath(os.path.expanduser(args.bin_dir))) if args.bin_dir else default_bin_dir()
     for line in install(bin_dir, Path(os.path.abspath(args.venv)), os.environ.get("PATH", "")):

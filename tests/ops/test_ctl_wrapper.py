@@ -152,3 +152,21 @@ def test_an_unwritable_folder_is_explained(tmp_path: Path) -> None:
     notes = ctl_wrapper.install(blocker / "bin", VENV_BIN.parent, "")
     assert notes[0].startswith(f"!! cannot write {blocker / 'bin' / 'supervisorctl'} (")
     assert "ZIMAGE_BIN_DIR" in notes[0]
+
+
+def test_the_activated_venvs_own_supervisorctl_reaches_our_daemon(daemon: Supervisord, tmp_path: Path) -> None:
+    """With the venv activated its supervisorctl comes first on PATH; it reads <venv>/etc/supervisord.conf
+    before anything else, so bare `supervisorctl status` from any directory reaches our socket, not :9001."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "supervisorctl").symlink_to(VENV_BIN / "supervisorctl")
+    before = _shell("supervisorctl status", tmp_path, venv / "bin")
+    assert "9001" in before.stdout + before.stderr, before  # what a user saw before
+    assert ctl_wrapper.write_venv_config(venv, daemon.socket_path) == []
+    status = _shell("supervisorctl status", Path("/"), venv / "bin")
+    assert status.stdout.split()[:2] == ["z-image-turbo", "RUNNING"], status
+    foreign = tmp_path / "other-venv" / "etc" / "supervisord.conf"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("[supervisorctl]\nserverurl=unix:///elsewhere.sock\n")
+    assert ctl_wrapper.write_venv_config(foreign.parent.parent, daemon.socket_path)[0].startswith("!! ")
+    assert foreign.read_text() == "[supervisorctl]\nserverurl=unix:///elsewhere.sock\n"
