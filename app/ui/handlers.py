@@ -202,8 +202,9 @@ class UiHandlers:
         if not path:
             return skip_all + [gr.skip()]
         try:
-            # Uploads only (app.uploads), and PNG only: recipes live in PNG text chunks.
-            with Image.open(trusted_upload(path, "recipe_drop"), formats=["PNG"]) as image:
+            # Uploads or our own outputs only (app.uploads; history items are restored through here too), and
+            # PNG only: recipes live in PNG text chunks.
+            with Image.open(trusted_upload(path, "recipe_drop", self.settings.output_dir), formats=["PNG"]) as image:
                 recipe = read_recipe(image)
         except ServiceError as err:
             return skip_all + [err.message(lang)]

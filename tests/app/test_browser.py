@@ -26,6 +26,9 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def browser():
+    # Assertions wait as long as actions do: on a loaded 2-core machine a remount or a stream update can take
+    # longer than Playwright's 5 s default (what each assertion checks is unchanged).
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         yield browser

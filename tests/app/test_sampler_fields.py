@@ -71,7 +71,7 @@ def test_the_dropdown_says_what_samplers_cost_from_the_catalogue():
     assert FIELD_BY_NAME["sampler"].choices == tuple(SAMPLERS)
 
 
-def test_the_form_sends_and_a_dropped_png_restores_sampler_and_seed_variety(tmp_path):
+def test_the_form_sends_and_a_dropped_png_restores_sampler_and_seed_variety(tmp_path, monkeypatch):
     from PIL import Image
 
     from app.metadata import encode_png
@@ -91,6 +91,7 @@ def test_the_form_sends_and_a_dropped_png_restores_sampler_and_seed_variety(tmp_
 
     recipe = build_recipe(GenerationRequest(prompt="a cat", sampler="res_multistep", seed_variety=2.0), 5, 0,
                           {}, [], None, {})
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the dropped PNG is an upload (app.uploads)
     path = tmp_path / "made-here.png"
     path.write_bytes(encode_png(Image.new("RGB", (8, 8)), recipe))
     restored = dict(zip(RESTORED_OUTPUTS, handlers.restore_from_png(str(path), "en", browser_request())))
