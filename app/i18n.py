@@ -125,6 +125,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "LoRA {name!r} was not found in {folder}. Available: {available}.",
         "zh": "在 {folder} 中找不到 LoRA {name!r}。可用：{available}。",
     },
+    "controlnet_not_found": {
+        "en": "ControlNet {name!r} ({field}) was not found in {folder}. Available: {available}.",
+        "zh": "在 {folder} 中找不到 ControlNet {name!r}（{field}）。可用：{available}。",
+    },
     "lora_duplicate": {
         "en": "LoRA {name!r} is chosen more than once. Choose it once and set its strength instead.",
         "zh": "LoRA {name!r} 被选择了不止一次。请只选一次，并用它的强度调节效果。",

@@ -47,6 +47,7 @@ class Settings:
     compile_blocks: bool = False
     warmup: bool = True
     lora_dir: Path = Path("loras")
+    controlnet_dir: Path = Path("controlnets")
     queue_size: int = 8
     watchdog_seconds: float = 600.0
     min_size: int = 256

@@ -1,0 +1,32 @@
+"""ControlNet Union files offered by name, like LoRAs: ZIMAGE_CONTROLNET_DIR/<name>.safetensors -> the engine's
+path. A client never sends a path: only a name that the LoRA name rule keeps inside the folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.errors import ServiceError
+from app.loras import NAME_PATTERN, SUFFIX, list_lora_names
+from app.redaction import public_path
+
+
+def list_controlnet_names(controlnet_dir: Path) -> list[str]:
+    """Names (file stems) of the ControlNet files in `controlnet_dir`, sorted; empty when it is missing."""
+    return list_lora_names(controlnet_dir)  # the same folder rule: <name>.safetensors regular files
+
+
+def resolve_controlnet(name: str | None, controlnet_dir: Path, field: str = "controlnet") -> str | None:
+    """A ControlNet name -> the absolute path of its file inside `controlnet_dir` (None / "" -> None).
+
+    Unknown names, and anything that is not a plain name ("../x", "/etc/x", "a/b"), are an error naming
+    `field` and listing the available names (never the folder's absolute path)."""
+    if not name:
+        return None
+    path = controlnet_dir / f"{name}{SUFFIX}" if isinstance(name, str) else controlnet_dir
+    # The name pattern keeps requests inside the folder: no separators, no "..", no absolute paths. A symlink
+    # the admin put there (e.g. to ComfyUI's models/controlnet) is followed, as for LoRAs.
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or not path.is_file():
+        available = ", ".join(list_controlnet_names(controlnet_dir)) or "-"
+        raise ServiceError("controlnet_not_found", field=field, name=name, folder=public_path(controlnet_dir),
+                           available=available)
+    return str(path.resolve())
