@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from app.errors import ServiceError, out_of_range
 from app.i18n import language_from_header
 from app.jobs import Job, JobState
+from app.control import resolve_controlnet
 from app.loras import MAX_LORAS, resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
-from app.fields import DOOR_DEFAULTS, FIELDS, RequestField
+from app.fields import DOOR_DEFAULTS, FIELDS, IMAGE_FIELDS, RequestField
 from app.validation import decode_base64_image, parse_size
 from model.request import GenerationRequest
 
@@ -55,12 +56,12 @@ class OpenAIFields(BaseModel):
 
 
 def _rest_field(field: RequestField) -> tuple[Any, Any]:
-    """(annotation, default) of a table field in the REST model; the image is base64 text there."""
+    """(annotation, default) of a table field in the REST model; images are base64 text there."""
     if field.name == "prompt":
         return str, ...
-    if field.name == "reference_image":
+    if field.kind is object:
         return str | None, None
-    return field.kind, field.default
+    return (field.kind if field.default is not None else field.kind | None), field.default
 
 
 # The REST body: OpenAI's fields, then ours (from the field table), then the LoRA list.
@@ -86,7 +87,7 @@ def build_router(service: GenerationService) -> APIRouter:
     async def create_images(request: Request) -> JSONResponse:
         lang = language_from_header(request.headers.get("accept-language"))
         try:
-            raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
+            raw = await read_body(request, max_body_bytes(settings))
             # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
             # would each block the event loop, and with it /health/live.
             body = await asyncio.to_thread(parse_request, raw, settings)
@@ -101,6 +102,11 @@ def build_router(service: GenerationService) -> APIRouter:
         return JSONResponse(success_body(job, body))
 
     return router
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Largest JSON body: every image field at the upload limit in base64 (4/3 larger), plus the rest."""
+    return len(IMAGE_FIELDS) * settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -172,15 +178,17 @@ def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
 
 
 def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:
-    """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
+    """REST fields -> engine request (decodes the images, resolves the LoRA and ControlNet names)."""
     if body.response_format == "url":
         raise ServiceError("url_format_unsupported", field="response_format")
     width, height = parse_size(body.size)
-    reference = decode_base64_image(body.image, settings) if body.image else None
+    # Every image field (image, mask, control_image) under the upload limits, named as the client sent it.
+    images = {field.name: decode_base64_image(getattr(body, field.rest), settings, field.rest)
+              if getattr(body, field.rest) else None for field in IMAGE_FIELDS}
     loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
-    values = {field.name: getattr(body, field.rest) for field in FIELDS
-              if field.rest and field.name != "reference_image"}
-    return GenerationRequest(**values, width=width, height=height, reference_image=reference, loras=loras)
+    values = {field.name: getattr(body, field.rest) for field in FIELDS if field.rest and field.kind is not object}
+    values["controlnet"] = resolve_controlnet(body.controlnet, settings.controlnet_dir)
+    return GenerationRequest(**values, **images, width=width, height=height, loras=loras)
 
 
 async def wait_for_job(job: Job, request: Request, service: GenerationService) -> None:

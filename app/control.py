@@ -4,10 +4,13 @@ path. A client never sends a path: only a name that the LoRA name rule keeps ins
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from app.errors import ServiceError
 from app.loras import NAME_PATTERN, SUFFIX, list_lora_names
+from app.fields import FIELDS
 from app.redaction import public_path
+from model.request import GenerationRequest
 
 
 def list_controlnet_names(controlnet_dir: Path) -> list[str]:
@@ -30,3 +33,17 @@ def resolve_controlnet(name: str | None, controlnet_dir: Path, field: str = "con
         raise ServiceError("controlnet_not_found", field=field, name=name, folder=public_path(controlnet_dir),
                            available=available)
     return str(path.resolve())
+
+
+def controlnet_name(path: str | None) -> str | None:
+    """The name a resolved ControlNet path was picked by (its file stem): what recipes and snippets carry."""
+    return Path(path).stem if path else None
+
+
+def control_recipe(request: GenerationRequest) -> dict[str, Any]:
+    """The ControlNet fields of the PNG recipe: the ControlNet by name (never its path); its settings only
+    when one is used."""
+    used = request.controlnet is not None
+    values: dict[str, Any] = {field.name: getattr(request, field.name) if used else None
+                              for field in FIELDS if field.with_controlnet_only and field.kind is not object}
+    return {**values, "controlnet": controlnet_name(request.controlnet)}

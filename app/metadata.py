@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 
 import model
 from app import __version__ as APP_VERSION
+from app.control import control_recipe
 from app.fields import FIELDS
 from model.request import GenerationRequest
 
@@ -27,7 +28,8 @@ def build_recipe(request: GenerationRequest, seed: int, index: int, engine_info:
     Every field of app.fields is recorded under its name (fields that need a reference image only with one);
     `seed` is this image's own seed, `batch_seed` the request's."""
     fields = {field.name: getattr(request, field.name) if reference or not field.with_reference_only else None
-              for field in FIELDS if field.name != "reference_image"}
+              for field in FIELDS if field.kind is not object}
+    fields.update(control_recipe(request))
     return {
         "format": RECIPE_FORMAT,
         **fields,

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from app.fields import DOOR_DEFAULTS, FIELDS, FORM_FIELDS, NUMERIC_FIELDS
+from app.fields import DOOR_DEFAULTS, FIELDS, FORM_FIELDS, FORM_NUMERIC_FIELDS
 from app.ui.slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
 
 API_NAME = "generate"
@@ -17,7 +17,8 @@ GRADIO_PARAMETERS = (*FORM_FIELDS, *SLOT_PARAMETERS)
 DEFAULTS: dict[str, Any] = {**DOOR_DEFAULTS, **SLOT_DEFAULTS}
 # REST fields the snippets pass as OpenAI arguments (prompt=, n=) or as a file (image), not in extra_body.
 OPENAI_ARGUMENTS = ("prompt", "batch_size", "reference_image")
-EXTRA_BODY_FIELDS = tuple(field for field in FIELDS if field.rest and field.name not in OPENAI_ARGUMENTS)
+EXTRA_BODY_FIELDS = tuple(field for field in FIELDS
+                          if field.rest and field.form and field.name not in OPENAI_ARGUMENTS)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def normalize(params: dict[str, Any]) -> dict[str, Any]:
     values["reference_image"] = bool(params.get("reference_image"))
     values["loras"] = lora_set(params)
     values.update(slot_values(values["loras"]))
-    for field in NUMERIC_FIELDS:
+    for field in FORM_NUMERIC_FIELDS:
         values[field.name] = field.kind(values[field.name])
     return values
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.errors import ServiceError
 from app.ui.export_auth import with_api_key
-from app.fields import NUMERIC_FIELDS, RESTORED_FIELDS
+from app.fields import FORM_NUMERIC_FIELDS, RESTORED_FIELDS
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
 from app.loras import check_scale, list_lora_names, resolve_loras
@@ -97,7 +97,7 @@ class UiHandlers:
         path = image.get("path") if isinstance(image, dict) else image
         upload = trusted_upload(path, "reference_image") if path else None
         reference = open_uploaded_file(str(upload), self.settings) if upload else None
-        numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in NUMERIC_FIELDS}
+        numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in FORM_NUMERIC_FIELDS}
         return GenerationRequest(
             prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
             reference_image=reference, loras=resolve_loras(lora_items(form), self.settings.lora_dir), **numbers)

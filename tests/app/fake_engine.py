@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
+from model.control.validation import validate_control
 from model.errors import InvalidRequestError
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest, GenerationResult, StepCallback, StepProgress
 
 
 class FakeEngine:
-    """Paints each image a colour derived from its seed; sleeps `step_seconds` per step."""
+    """Paints each image a colour derived from its seed; sleeps `step_seconds` per step; refuses control and mask
+    fields the way the engine does (model.control.validation, a ControlNet file that must exist)."""
 
     def __init__(self, step_seconds: float = 0.0):
         self.step_seconds = step_seconds
@@ -24,6 +27,9 @@ class FakeEngine:
             raise InvalidRequestError("width and height must be multiples of 16", field="width")
         if request.prompt == "raise-runtime-error":
             raise RuntimeError("simulated engine failure")
+        validate_control(request)  # the engine's own mask / control checks (pure PIL, no weights)
+        if request.controlnet is not None and not Path(request.controlnet).is_file():
+            raise InvalidRequestError(f"controlnet file {request.controlnet} cannot be read", field="controlnet")
         self.calls.append(request)
         for step in range(1, request.steps + 1):
             time.sleep(self.step_seconds)
