@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 import time
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -85,23 +85,33 @@ def build_router(service: GenerationService) -> APIRouter:
 
     @router.post("/v1/images/generations")
     async def create_images(request: Request) -> JSONResponse:
-        lang = language_from_header(request.headers.get("accept-language"))
-        try:
+        async def prepare() -> tuple[Job, OpenAIFields]:
             raw = await read_body(request, max_body_bytes(settings))
             # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
             # would each block the event loop, and with it /health/live.
             body = await asyncio.to_thread(parse_request, raw, settings)
-            job = await asyncio.to_thread(submit_body, service, body)
-        except ServiceError as err:
-            service.metrics.error(err.key)
-            return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
-        try:
-            await wait_for_job(job, request, service)
-        except ServiceError as err:  # the job failed: the service already counted it
-            return JSONResponse(err.openai_body(lang), status_code=err.status)
-        return JSONResponse(success_body(job, body))
+            return await asyncio.to_thread(submit_body, service, body), body
+
+        return await respond(request, service, prepare)
 
     return router
+
+
+async def respond(request: Request, service: GenerationService,
+                  prepare: Callable[[], Awaitable[tuple[Job, OpenAIFields]]]) -> JSONResponse:
+    """Queue the job `prepare` builds, wait for it, answer in OpenAI's shape (errors too, in the client's
+    language)."""
+    lang = language_from_header(request.headers.get("accept-language"))
+    try:
+        job, body = await prepare()
+    except ServiceError as err:
+        service.metrics.error(err.key)
+        return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
+    try:
+        await wait_for_job(job, request, service)
+    except ServiceError as err:  # the job failed: the service already counted it
+        return JSONResponse(err.openai_body(lang), status_code=err.status)
+    return JSONResponse(success_body(job, body))
 
 
 def max_body_bytes(settings: Settings) -> int:
@@ -178,13 +188,22 @@ def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
 
 
 def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:
-    """REST fields -> engine request (decodes the images, resolves the LoRA and ControlNet names)."""
+    """REST fields -> engine request (decodes the base64 images, resolves the LoRA and ControlNet names)."""
+    return build_request(body, settings, decode_images(body, settings))
+
+
+def decode_images(body: OpenAIFields, settings: Settings) -> dict[str, Any]:
+    """Every base64 image field (image, mask, control_image) under the upload limits, named as the client
+    sent it: field name -> PIL image, or None when left out."""
+    return {field.name: decode_base64_image(getattr(body, field.rest), settings, field.rest)
+            if getattr(body, field.rest) else None for field in IMAGE_FIELDS}
+
+
+def build_request(body: OpenAIFields, settings: Settings, images: dict[str, Any]) -> GenerationRequest:
+    """REST fields plus decoded images (field name -> PIL image or None) -> engine request."""
     if body.response_format == "url":
         raise ServiceError("url_format_unsupported", field="response_format")
     width, height = parse_size(body.size)
-    # Every image field (image, mask, control_image) under the upload limits, named as the client sent it.
-    images = {field.name: decode_base64_image(getattr(body, field.rest), settings, field.rest)
-              if getattr(body, field.rest) else None for field in IMAGE_FIELDS}
     loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
     values = {field.name: getattr(body, field.rest) for field in FIELDS if field.rest and field.kind is not object}
     values["controlnet"] = resolve_controlnet(body.controlnet, settings.controlnet_dir)

@@ -12,7 +12,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, health, security
+from app import __version__, api, edits, health, security
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
@@ -70,6 +70,7 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     # Our routes first: the Gradio mount at "/" would otherwise shadow them.
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
+    app.include_router(edits.build_edits_router(service))
     security.install(app, settings)  # Host/Origin/JSON/API-key guard and upload-path check on every route
     translations = build_i18n()
     demo = build_demo(service, translations)

@@ -112,8 +112,9 @@ def decode_base64_image(text: str, settings: Settings, field: str = "image") -> 
     return decode_image_bytes(data, settings, field)
 
 
-def decode_image_bytes(data: bytes, settings: Settings, field: str = "image") -> Image.Image:
-    """Open an uploaded image safely: size in bytes, then pixel count from the header, then decode."""
+def decode_image_bytes(data: bytes, settings: Settings, field: str = "image", mode: str = "RGB") -> Image.Image:
+    """Open an uploaded image safely: size in bytes, then pixel count from the header, then decode (to `mode`:
+    "RGBA" keeps the transparency an OpenAI edit mask is made of)."""
     if len(data) > settings.max_upload_bytes:
         raise ServiceError("upload_too_large", status=413, field=field, size=len(data),
                            limit=settings.max_upload_bytes)
@@ -132,7 +133,7 @@ def decode_image_bytes(data: bytes, settings: Settings, field: str = "image") ->
         raise _too_many_pixels(field, int(found.group(1)) if found else "?", settings) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ServiceError("not_an_image", field=field) from None
-    return image.convert("RGB")
+    return image.convert(mode)
 
 
 def _too_many_pixels(field: str, pixels: object, settings: Settings) -> ServiceError:
