@@ -3,8 +3,11 @@ path. A client never sends a path: only a name that the LoRA name rule keeps ins
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from app.errors import ServiceError
 from app.loras import NAME_PATTERN, SUFFIX, list_lora_names
@@ -40,10 +43,19 @@ def controlnet_name(path: str | None) -> str | None:
     return Path(path).stem if path else None
 
 
+def image_summary(image: Image.Image | None) -> dict | None:
+    """What a recipe records of an input image: its size and a hash of its pixels (the file stays with the user)."""
+    if image is None:
+        return None
+    digest = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+    return {"used": True, "width": image.width, "height": image.height, "sha256": digest}
+
+
 def control_recipe(request: GenerationRequest) -> dict[str, Any]:
-    """The ControlNet fields of the PNG recipe: the ControlNet by name (never its path); its settings only
-    when one is used."""
+    """The ControlNet and mask entries of the PNG recipe: the ControlNet by name (never its path), its settings
+    only when one is used, the mask and control image as summaries (image_summary)."""
     used = request.controlnet is not None
     values: dict[str, Any] = {field.name: getattr(request, field.name) if used else None
                               for field in FIELDS if field.with_controlnet_only and field.kind is not object}
-    return {**values, "controlnet": controlnet_name(request.controlnet)}
+    return {**values, "controlnet": controlnet_name(request.controlnet), "mask": image_summary(request.mask),
+            "control_image": image_summary(request.control_image)}

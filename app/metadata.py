@@ -60,6 +60,12 @@ def parameters_text(recipe: dict[str, Any]) -> str:
     ]
     if recipe.get("reference_image"):
         pairs.append(("Denoising strength", recipe["strength"]))
+    if recipe.get("mask"):
+        pairs.append(("Inpaint", "mask"))
+    if recipe.get("controlnet"):
+        # A1111's ControlNet extension writes its units this way; tools that read it show the settings.
+        pairs.append(("ControlNet", f'"Module: {recipe["control_mode"]}, Model: {recipe["controlnet"]}, '
+                                    f'Weight: {recipe["control_scale"]}"'))
     if recipe.get("loras"):
         hashes = ", ".join(f"{l['name']}: {l['sha256'][:12]}" for l in recipe["loras"])
         pairs.append(("Lora hashes", f'"{hashes}"'))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gc
-import hashlib
 import logging
 import secrets
 import threading
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.control import image_summary
 from app.engine_loader import EngineFactory
 from app.errors import ServiceError, queue_full
 from app.jobs import Job, JobImage, JobResult
@@ -361,9 +361,5 @@ def _free_device_memory() -> None:
 
 def _reference_summary(request: GenerationRequest) -> dict | None:
     """What the recipe records about a reference image: its size and a hash of its pixels."""
-    image = request.reference_image
-    if image is None:
-        return None
-    digest = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
-    return {"used": True, "width": image.width, "height": image.height, "sha256": digest,
-            "strength": request.strength}
+    summary = image_summary(request.reference_image)
+    return None if summary is None else {**summary, "strength": request.strength}
