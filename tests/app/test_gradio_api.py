@@ -20,7 +20,7 @@ from app.api import ImagesRequest
 from app.ui.export import DEFAULTS as EXPORT_DEFAULTS
 from app.ui.export import snippets_for
 from app.metadata import read_recipe
-from app.fields import DOOR_FIELDS
+from app.fields import DOOR_FIELDS, FIELD_BY_NAME
 from app.validation import parse_size
 from app_helpers import TEST_QUEUE_SIZE
 from live_server import LiveServer
@@ -58,12 +58,14 @@ def test_every_door_leaves_a_field_out_as_the_engine_would(tiny_server: LiveServ
     allowed = {axis: min(max(expected[axis], settings.min_size), settings.max_size) for axis in ("width", "height")}
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
     form = {p["parameter_name"]: p["parameter_default"] for p in endpoint["parameters"] if p["parameter_has_default"]}
-    assert {name: form.get(name) for name in expected} == expected | allowed
+    on_form = {name: value for name, value in (expected | allowed).items() if FIELD_BY_NAME[name].form}
+    assert {name: form.get(name) for name in on_form} == on_form
     rest = ImagesRequest(prompt="x")
     width, height = parse_size(rest.size)
     assert dict(negative_prompt=rest.negative_prompt, guidance=rest.guidance_scale, steps=rest.steps, width=width,
                 height=height, batch_size=rest.n, strength=rest.strength, shift=rest.shift,
-                cfg_truncation=rest.cfg_truncation, cfg_normalization=rest.cfg_normalization, seed=rest.seed) == expected
+                cfg_truncation=rest.cfg_truncation, cfg_normalization=rest.cfg_normalization, seed=rest.seed,
+                controlnet=rest.controlnet, control_mode=rest.control_mode, control_scale=rest.control_scale) == expected
     assert {name: EXPORT_DEFAULTS[name] for name in expected} == expected
 
 
