@@ -86,15 +86,18 @@ def build_router(service: GenerationService) -> APIRouter:
     @router.post("/v1/images/generations")
     async def create_images(request: Request) -> JSONResponse:
         async def prepare() -> tuple[Job, OpenAIFields]:
-            raw = await read_body(request, max_body_bytes(settings))
-            # In threads: parsing a 27 MB body, decoding the image and tokenizing the prompt (in submit)
-            # would each block the event loop, and with it /health/live.
-            body = await asyncio.to_thread(parse_request, raw, settings)
+            body = await read_request(request, settings)
+            # In a thread: decoding the images and tokenizing the prompt (in submit) would block the event loop.
             return await asyncio.to_thread(submit_body, service, body), body
 
         return await respond(request, service, prepare)
 
     return router
+
+
+def error_response(err: ServiceError, lang: str) -> JSONResponse:
+    """The OpenAI error body, with the error's headers (Retry-After on a full queue, ours or the replicas')."""
+    return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
 
 
 async def respond(request: Request, service: GenerationService,
@@ -106,17 +109,24 @@ async def respond(request: Request, service: GenerationService,
         job, body = await prepare()
     except ServiceError as err:
         service.metrics.error(err.key)
-        return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
+        return error_response(err, lang)
     try:
         await wait_for_job(job, request, service)
     except ServiceError as err:  # the job failed: the service already counted it
-        return JSONResponse(err.openai_body(lang), status_code=err.status)
+        return error_response(err, lang)
     return JSONResponse(success_body(job, body))
 
 
 def max_body_bytes(settings: Settings) -> int:
     """Largest JSON body: every image field at the upload limit in base64 (4/3 larger), plus the rest."""
     return len(IMAGE_FIELDS) * settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES
+
+
+async def read_request(request: Request, settings: Settings) -> OpenAIFields:
+    """The validated REST fields of a generation request (this endpoint's and the stream's). The parse runs
+    in a thread: a 27 MB body would otherwise block the event loop, and with it /health/live."""
+    raw = await read_body(request, max_body_bytes(settings))
+    return await asyncio.to_thread(parse_request, raw, settings)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -182,9 +192,9 @@ def parse_body(data: dict) -> OpenAIFields:
         raise ServiceError("wrong_type", status=422, field=field, detail=first["msg"]) from None
 
 
-def submit_body(service: GenerationService, body: OpenAIFields) -> Job:
+def submit_body(service: GenerationService, body: OpenAIFields, previews: bool = False) -> Job:
     """Build the engine request and queue it (blocking: image decoding and prompt tokenizing)."""
-    return service.submit(to_generation_request(body, service.settings), door="rest")
+    return service.submit(to_generation_request(body, service.settings), door="rest", previews=previews)
 
 
 def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:

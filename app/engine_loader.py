@@ -46,7 +46,9 @@ def engine_factory(settings: Settings) -> EngineFactory:
             return Engine.from_pretrained(
                 settings.weights_dir, device=device, dtype=getattr(torch, dtype),
                 memory_mode=settings.memory_mode, attention_backend=settings.attention,
-                compile_blocks=settings.compile_blocks,
+                compile_blocks=settings.compile_blocks, fuse_projections=settings.fuse_projections,
+                compile_mode=None if settings.compile_mode == "off" else settings.compile_mode,
+                fp8_matmul=settings.fp8_matmul,
             )
         except CheckpointError as err:
             raise missing_weights_error(settings.weights_dir, detail=str(err)) from None

@@ -1,7 +1,7 @@
 """The one table of request fields: every door (form, Gradio API, REST, exported code, PNG recipe) reads it.
 
 A plain numeric field is added here (plus its GenerationRequest attribute, its EngineLimits range and its
-app.ui.strings label); the REST model, the form, the handler's API signature, the snippets, the recipe and
+app.ui.strings label; a choice field names its choices instead of a range); the REST model, the form, the handler's API signature, the snippets, the recipe and
 the restore-from-PNG mapping all follow from this table.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 from app.settings import Settings
 from model.control.validation import MAX_CONTROL_SCALE
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest
+from model.sampling.catalog import SAMPLERS
 
 RANDOM_SEED = -1  # a seed field left at this draws a new seed for each request
 # Seeds the doors accept: the browser holds numbers as doubles, exact only up to 2**53; 32 bits stay
@@ -40,6 +41,7 @@ class RequestField:
     with_controlnet_only: bool = False  # meaningful (recorded, exported) only when a ControlNet is used
     form: bool = True  # an input of the Gradio form and its /generate API (False: the REST door only)
     value_range: tuple[float, float] | None = None  # a numeric range of its own (else EngineLimits')
+    choices: tuple[str, ...] = ()  # a text field limited to these values (a dropdown on the form)
 
     @property
     def label_key(self) -> str:
@@ -74,6 +76,9 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("shift", float, rest="shift", step=0.1, section="advanced"),
     RequestField("cfg_truncation", float, rest="cfg_truncation", step=0.01, section="advanced"),
     RequestField("cfg_normalization", float, rest="cfg_normalization", step=0.05, section="advanced"),
+    RequestField("sampler", str, rest="sampler", section="advanced", info="sampler_info", choices=tuple(SAMPLERS)),
+    RequestField("seed_variety", float, rest="seed_variety", step=0.05, section="advanced",
+                 info="seed_variety_info"),
     # ControlNet and inpainting (app.control): the engine checks them (model.control.validation); the
     # ControlNet is a file name in settings.controlnet_dir. Not yet inputs of the Gradio form.
     RequestField("mask", object, rest="mask", restore=False, with_reference_only=True, form=False),
@@ -88,6 +93,8 @@ FIELD_BY_NAME = {field.name: field for field in FIELDS}
 FORM_FIELDS = tuple(field.name for field in FIELDS if field.form)
 NUMERIC_FIELDS = tuple(field for field in FIELDS if field.numeric)
 FORM_NUMERIC_FIELDS = tuple(field for field in NUMERIC_FIELDS if field.form)
+FORM_TEXT_FIELDS = tuple(field for field in FIELDS if field.kind is str and field.form)
+CHOICE_FIELDS = tuple(field for field in FIELDS if field.choices)
 IMAGE_FIELDS = tuple(field for field in FIELDS if field.kind is object)
 # Fields a dropped PNG's recipe restores on the form, in the order the restore handler returns them.
 RESTORED_FIELDS = tuple(field.name for field in FIELDS if field.restore and field.form)

@@ -28,6 +28,13 @@ def build_router(service: GenerationService) -> APIRouter:
 
     @router.get("/health/ready")
     async def ready(request: Request) -> JSONResponse:
+        replicas = service.replica_states()
+        if service.ready and replicas is not None:
+            # Ray mode: ready while at least one replica serves; the counts show a shrunk or restarting pool.
+            running = replicas.get("RUNNING", 0)
+            body = {"status": "ready" if running else "no_replicas", "engine": service.engine_state,
+                    "model": service.engine_info, "replicas": replicas}
+            return JSONResponse(body, status_code=200 if running else 503)
         if service.ready:
             return JSONResponse({"status": "ready", "engine": service.engine_state, "model": service.engine_info})
         lang = language_from_header(request.headers.get("accept-language"))

@@ -33,6 +33,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it when /health/live fails.",
         "zh": "GPU 报告了致命错误（{detail}）。服务需要重启；/health/live 失败后 supervisor 会自动重启它。",
     },
+    "replica_failed": {
+        "en": "The GPU replica running this job stopped ({detail}). Ray Serve starts a new one; please try again.",
+        "zh": "运行此任务的 GPU 副本已停止（{detail}）。Ray Serve 会启动新的副本，请重试。",
+    },
     "shutting_down": {
         "en": "The server is shutting down and accepts no new jobs.",
         "zh": "服务器正在关闭，不再接受新任务。",
@@ -84,6 +88,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "out_of_range": {
         "en": "{field} must be between {min} and {max}; got {value}.",
         "zh": "{field} 必须在 {min} 到 {max} 之间；当前为 {value}。",
+    },
+    "not_a_choice": {
+        "en": "{field} must be one of {choices}; got {value!r} ({default} is the default).",
+        "zh": "{field} 必须是以下之一：{choices}；当前为 {value!r}（默认为 {default}）。",
     },
     "invalid_value": {
         "en": "Invalid value for {field}: {detail}",
@@ -194,6 +202,18 @@ MESSAGES: dict[str, dict[str, str]] = {
     "status_running": {
         "en": "Generating: step {step}/{total}.",
         "zh": "生成中：第 {step}/{total} 步。",
+    },
+    "history_deleted": {
+        "en": "The image was deleted from the output folder.",
+        "zh": "已从输出文件夹中删除该图片。",
+    },
+    "history_nothing_chosen": {
+        "en": "Choose an image in the history first (click it).",
+        "zh": "请先在历史中点击选中一张图片。",
+    },
+    "preview_caption": {
+        "en": "preview · step {step}/{total}",
+        "zh": "预览 · 第 {step}/{total} 步",
     },
     "status_done": {
         "en": "Done in {seconds:.1f} s. Seeds: {seeds}.",

@@ -66,6 +66,10 @@ class Job:
     result: JobResult | None = None
     error: ServiceError | None = None
     version: int = 0
+    wants_previews: bool = False  # the door shows live previews (app.previews fills the three fields below)
+    preview: bytes | None = None  # the latest step preview, JPEG
+    preview_step: int = 0
+    preview_at: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
@@ -97,6 +101,10 @@ class Job:
 
     def report_step(self, step: int, total: int) -> None:
         self.step, self.total_steps = step, total
+        self._touch()
+
+    def set_preview(self, step: int, jpeg: bytes, at: float) -> None:
+        self.preview, self.preview_step, self.preview_at = jpeg, step, at
         self._touch()
 
     def succeed(self, result: JobResult) -> None:

@@ -14,6 +14,7 @@ from app import __version__ as APP_VERSION
 from app.control import control_recipe
 from app.fields import FIELDS
 from model.request import GenerationRequest
+from model.sampling.catalog import SAMPLERS
 
 RECIPE_KEY = "zimage-recipe"
 PARAMETERS_KEY = "parameters"
@@ -51,13 +52,15 @@ def parameters_text(recipe: dict[str, Any]) -> str:
     """A1111-style text: prompt, "Negative prompt: ...", then "Key: value, ..." (readable by common tools)."""
     pairs = [
         ("Steps", recipe["steps"]),
-        ("Sampler", "Euler (flow matching)"),
+        ("Sampler", _sampler_label(recipe.get("sampler"))),
         ("Schedule shift", recipe["shift"]),
         ("CFG scale", recipe["guidance"]),
         ("Seed", recipe["seed"]),
         ("Size", f"{recipe['width']}x{recipe['height']}"),
         ("Model", "Z-Image-Turbo"),
     ]
+    if recipe.get("seed_variety"):
+        pairs.append(("Seed variety", recipe["seed_variety"]))
     if recipe.get("reference_image"):
         pairs.append(("Denoising strength", recipe["strength"]))
     if recipe.get("mask"):
@@ -75,6 +78,12 @@ def parameters_text(recipe: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {recipe['negative_prompt']}")
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
+
+
+def _sampler_label(name: str | None) -> str:
+    """The A1111 text's sampler: the catalogue's label (recipes older than the sampler choice used Euler)."""
+    info = SAMPLERS.get(name or "euler")
+    return info.label if info else str(name)
 
 
 def encode_png(image: Image.Image, recipe: dict[str, Any]) -> bytes:
@@ -123,13 +132,17 @@ def parse_parameters_text(text: str) -> dict[str, Any] | None:
     values = {key.strip(): value.strip().strip('"') for key, value in _PAIR.findall(settings_line)}
     recipe: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": negative}
     converters = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int),
-                  "Schedule shift": ("shift", float), "Denoising strength": ("strength", float)}
+                  "Schedule shift": ("shift", float), "Denoising strength": ("strength", float),
+                  "Seed variety": ("seed_variety", float)}
     for key, (name, convert) in converters.items():
         try:
             if key in values:
                 recipe[name] = convert(values[key])
         except ValueError:
             continue
+    by_label = {info.label: name for name, info in SAMPLERS.items()}
+    if values.get("Sampler") in by_label:
+        recipe["sampler"] = by_label[values["Sampler"]]
     size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
     if size:
         recipe["width"], recipe["height"] = int(size.group(1)), int(size.group(2))

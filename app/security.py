@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,6 +98,7 @@ class SecurityPolicy:
     cors_origins: tuple[str, ...]
     api_key: str
     max_body: int
+    output_dir: Path  # our own images: a client may name them as files (history -> reference image)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
@@ -106,7 +108,7 @@ class SecurityPolicy:
         origins = tuple(origin.rstrip("/") for origin in split_list(settings.cors_origins))
         return cls(hosts=frozenset(LOOPBACK_NAMES | bind | (extra - {"*"})), any_host="*" in extra,
                    any_ip_literal=wildcard, cors_origins=origins, api_key=settings.api_key,
-                   max_body=settings.max_upload_bytes)
+                   max_body=settings.max_upload_bytes, output_dir=settings.output_dir)
 
     def host_allowed(self, header: str) -> bool:
         name = host_name(header)
@@ -213,7 +215,7 @@ class SecurityMiddleware:
         except (ValueError, RecursionError) as err:
             return error_response(ServiceError("invalid_json", detail=type(err).__name__), lang), receive
         try:
-            check_file_references(document)
+            check_file_references(document, self.policy.output_dir)
         except ServiceError as err:  # app.uploads logged the path that was asked for
             return error_response(err, lang, gradio_validation=True), receive
         return None, _replay(body, receive)

@@ -12,7 +12,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, edits, health, security
+from app import __version__, api, edits, health, security, stream
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
@@ -53,9 +53,18 @@ def serve(settings: Settings) -> None:
     GracefulServer(config, app.state.service).run()
 
 
+def _backend_factory(settings: Settings) -> EngineFactory:
+    """The in-process engine, or (serving = "ray") Engine replicas on a Ray cluster; Ray loads only then."""
+    if settings.serving == "ray":
+        from app.serving.ray_engine import ray_engine_factory
+
+        return ray_engine_factory(settings)
+    return engine_factory(settings)
+
+
 def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> FastAPI:
     """The FastAPI app with every door; the service starts and stops with the app's lifespan."""
-    service = GenerationService(settings, load_engine or engine_factory(settings))
+    service = GenerationService(settings, load_engine or _backend_factory(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,14 +80,22 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
     app.include_router(edits.build_edits_router(service))
+    app.include_router(stream.build_stream_router(service))
+    # Static: Gradio serves the output folder's PNGs (results, history) from where they are instead of
+    # copying each into its cache.
+    gr.set_static_paths([settings.output_dir.resolve()])
     security.install(app, settings)  # Host/Origin/JSON/API-key guard and upload-path check on every route
     translations = build_i18n()
     demo = build_demo(service, translations)
+    if settings.mcp_server:
+        from app.mcp_tools import add_mcp_tools  # off by default; Gradio then needs the `mcp` package
+
+        add_mcp_tools(demo, service)
     # api_open=False: /gradio_api/run/... would call handlers directly, past every queue.
     demo.queue(api_open=False, default_concurrency_limit=None)
     return gr.mount_gradio_app(
         app, demo, path="/", i18n=translations, footer_links=["api", "gradio", "settings"],
         max_file_size=settings.max_upload_bytes, allowed_paths=[str(settings.output_dir.resolve())],
         # show_error=False: only our gr.Error messages reach clients, never a raw exception's text or paths.
-        show_error=False, enable_monitoring=False,
+        show_error=False, enable_monitoring=False, mcp_server=settings.mcp_server,
     )

@@ -1,24 +1,27 @@
-"""The generation service: one worker thread owns the engine; one bounded queue serves every door."""
+"""The generation service: one bounded queue serves every door; worker threads (one per job slot: the
+in-process engine, or each Ray replica) take jobs from it in order."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import gc
 import logging
 import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from app.control import image_summary
+from app.device_errors import free_device_memory, is_fatal_device_error, is_out_of_memory
 from app.engine_loader import EngineFactory
 from app.errors import ServiceError, queue_full
+from app.history import History
 from app.jobs import Job, JobImage, JobResult
 from app.loras import lora_fingerprints
 from app.metadata import build_recipe, encode_png
 from app.metrics import Metrics
+from app.previews import capture_preview
 from app.redaction import public_engine_info, redact
 from app.settings import Settings
 from app.fields import DOOR_MAX_SEED
@@ -46,34 +49,39 @@ class EngineState:
 
 
 class GenerationService:
-    """Queue + worker. `submit()` from any thread; the worker runs jobs one at a time, in order."""
+    """Queue + workers. `submit()` from any thread; `settings.job_slots` workers run jobs in order."""
 
     def __init__(self, settings: Settings, load_engine: EngineFactory, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._load_engine = load_engine
+        self.history = History(settings.output_dir, settings.history_max_images, settings.history_max_days)
         self._engine: EngineProtocol | None = None
         self.engine_info: dict[str, Any] = {}
         self.engine_state = EngineState.LOADING
         self.unavailable_error: ServiceError | None = None
         self.device_failed = False
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: Job | None = None
+        self._running: list[Job] = []
         # Re-entrant: begin_shutdown may run in a signal handler on a thread that holds the lock.
         self._cond = threading.Condition(threading.RLock())
         self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.metrics.add_gauge("zimage_queue_depth", "Jobs waiting behind the running one.", lambda: len(self._waiting))
-        self.metrics.add_gauge("zimage_jobs_running", "Jobs being generated now (0 or 1).",
-                               lambda: int(self._running is not None))
+        self._threads: list[threading.Thread] = []
+        self.metrics.add_gauge("zimage_queue_depth", "Jobs waiting behind the running ones.", lambda: len(self._waiting))
+        self.metrics.add_gauge("zimage_jobs_running", "Jobs being generated now (at most one per job slot).",
+                               lambda: len(self._running))
         self.metrics.add_gauge("zimage_model_ready", "1 when the model is loaded and warmed up.",
                                lambda: int(self.ready))
 
     # ---- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker: it loads the engine, warms it up, then serves the queue."""
-        self._thread = threading.Thread(target=self._worker_main, name="zimage-worker", daemon=True)
-        self._thread.start()
+        """Start the first worker: it loads the engine, warms it up, starts the others, then serves the queue."""
+        self._start_worker(self._worker_main, "zimage-worker")
+
+    def _start_worker(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def begin_shutdown(self, grace_seconds: float | None = None) -> None:
         """Non-blocking (safe from a signal handler): refuse new jobs, drop waiting ones, and cancel the
@@ -83,12 +91,12 @@ class GenerationService:
             self._stopping = True
             dropped = list(self._waiting)
             self._waiting.clear()
-            running = self._running
+            running = list(self._running)
             self._cond.notify_all()
         for job in dropped:
             job.fail(ServiceError("shutting_down", status=503))
-        if running is not None:
-            timer = threading.Timer(grace, self._cancel_after_grace, args=(running, grace))
+        for job in running:
+            timer = threading.Timer(grace, self._cancel_after_grace, args=(job, grace))
             timer.daemon = True
             timer.start()
 
@@ -100,14 +108,17 @@ class GenerationService:
     def shutdown(self, grace_seconds: float | None = None) -> None:
         """Blocking stop: begin_shutdown, then wait for the worker (bounded)."""
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
-        running = self._running
+        running = list(self._running)
         self.begin_shutdown(grace)
-        if running is not None and not running.wait(grace + STOP_MARGIN_SECONDS):
-            running.request_cancel()
-        if self._thread is not None:
-            self._thread.join(timeout=grace + 2 * STOP_MARGIN_SECONDS)
-            if self._thread.is_alive():
-                logger.error("shutdown: the worker did not stop in time (engine call still running)")
+        deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
+        for job in running:
+            if not job.wait(max(0.0, deadline - time.monotonic())):
+                job.request_cancel()
+        for thread in list(self._threads):
+            thread.join(timeout=max(0.0, deadline + STOP_MARGIN_SECONDS - time.monotonic()))
+            if thread.is_alive():
+                logger.error("shutdown: %s did not stop in time (engine call still running)", thread.name)
+        self._close_engine()
         logger.info("generation service stopped")
 
     @property
@@ -115,8 +126,10 @@ class GenerationService:
         return self.engine_state == EngineState.READY
 
     # ---- doors ------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, door: str, owner: str | None = None) -> Job:
-        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full)."""
+    def submit(self, request: GenerationRequest, door: str, owner: str | None = None,
+               previews: bool = False) -> Job:
+        """Validate, assign the seed, and enqueue; raises ServiceError (not ready, bad input, queue full).
+        `previews`: the door shows live step previews (only when the `previews` setting is on)."""
         self.require_ready()
         check_request(request, self.settings, door)
         # The prompts the engine will encode, counted as its memory admission counts them.
@@ -133,8 +146,9 @@ class GenerationService:
             if len(self._waiting) >= self.settings.queue_size:
                 self.metrics.job_finished("rejected")
                 raise queue_full(len(self._waiting))
-            ahead = len(self._waiting) + (1 if self._running is not None else 0)
-            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead)
+            ahead = len(self._waiting) + len(self._running)
+            job = Job(request=request, door=door, owner=owner, position_at_submit=ahead,
+                      wants_previews=previews and self.settings.previews)
             self._waiting.append(job)
             self.metrics.job_submitted()
             self._cond.notify_all()
@@ -164,13 +178,13 @@ class GenerationService:
         return min(self.settings.max_prompt_tokens, capacity) if capacity else self.settings.max_prompt_tokens
 
     def jobs_ahead(self, job: Job) -> int:
-        """How many jobs run before `job` starts: the running one plus those queued before it."""
+        """How many jobs are ahead of `job`: the running ones plus those queued before it."""
         with self._cond:
             try:
                 index = self._waiting.index(job)
             except ValueError:
                 return 0
-            return index + (1 if self._running is not None else 0)
+            return index + len(self._running)
 
     def cancel(self, job: Job) -> None:
         """Stop a job: a queued one leaves the queue at once, a running one stops at its next step."""
@@ -187,33 +201,48 @@ class GenerationService:
         """Cancel every unfinished job submitted by `owner` (a browser session); returns the count."""
         with self._cond:
             jobs = [j for j in self._waiting if j.owner == owner]
-            if self._running is not None and self._running.owner == owner:
-                jobs.append(self._running)
+            jobs += [j for j in self._running if j.owner == owner]
         for job in jobs:
             self.cancel(job)
         return len(jobs)
 
+    def replica_states(self) -> dict[str, int] | None:
+        """Ray replicas by state (RUNNING, STARTING, ...) in Ray mode; None for the in-process engine."""
+        read = getattr(self._engine, "replica_states", None)
+        return read() if read is not None else None
+
     def running_for(self) -> float:
-        """Seconds the current job has been running (0 when idle): the watchdog reads this."""
-        job = self._running
-        return time.time() - job.started_at if job is not None and job.started_at else 0.0
+        """Seconds the longest-running job has been running (0 when idle): the watchdog reads this."""
+        started = [job.started_at for job in list(self._running) if job.started_at]
+        return time.time() - min(started) if started else 0.0
 
     # ---- worker -----------------------------------------------------------------------------
     def _worker_main(self) -> None:
         if not self._load():
             return
+        for slot in range(1, self.settings.job_slots):
+            self._start_worker(self._serve_queue, f"zimage-worker-{slot}")
+        self._serve_queue()
+
+    def _serve_queue(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._waiting or self._stopping)
                 if self._stopping:
                     return
                 job = self._waiting.popleft()
-                self._running = job
+                self._running.append(job)
             try:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.remove(job)
+
+    def _close_engine(self) -> None:
+        """Release what the engine holds outside this process (Ray replicas); the local engine has nothing."""
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
 
     def _load(self) -> bool:
         """Load and warm up the engine; on failure stay alive and explain (never crash-loop)."""
@@ -225,7 +254,7 @@ class GenerationService:
             if self.settings.warmup:
                 self.engine_state = EngineState.WARMING_UP
                 warm_start = time.perf_counter()
-                self._engine.warmup()
+                self._engine.warmup(self.settings.warmup_size_list)
                 self.metrics.observe_stage("warmup", time.perf_counter() - warm_start)
         except ServiceError as err:
             logger.error("engine unavailable: %s", err)
@@ -237,6 +266,11 @@ class GenerationService:
         if self.unavailable_error is not None:
             self.engine_state = EngineState.UNAVAILABLE
             return False
+        if self.replica_states() is not None:
+            self.metrics.add_gauge("zimage_replicas_running", "Ray engine replicas serving jobs.",
+                                   lambda: self.replica_states().get("RUNNING", 0))
+            self.metrics.add_gauge("zimage_replicas", "Ray engine replicas in any state (starting ones too).",
+                                   lambda: sum(self.replica_states().values()))
         self.engine_state = EngineState.READY
         logger.info("engine ready in %.1f s: %s", time.perf_counter() - started, self.engine_info)
         return True
@@ -249,6 +283,8 @@ class GenerationService:
         try:
             result = self._engine.generate(job.request, on_step=lambda p: self._on_step(job, p))
             job.succeed(self._package(job, result))
+        except ServiceError as err:  # a remote engine's own explanation (replica lost, cluster busy)
+            job.fail(err)
         except GenerationCancelled:
             # Cancelled by shutdown: the waiting client gets a retryable 503, not a bare "stopped".
             job.mark_cancelled(ServiceError("shutting_down", status=503) if self._stopping else None)
@@ -259,9 +295,9 @@ class GenerationService:
         except EngineOutOfMemory as err:  # refused before running: the estimate says it cannot fit
             job.fail(ServiceError("does_not_fit", status=500, detail=redact(str(err))))
         except Exception as err:
-            if _is_out_of_memory(err):
+            if is_out_of_memory(err):
                 out_of_memory = True
-            elif _is_fatal_device_error(err):
+            elif is_fatal_device_error(err):
                 logger.critical("%s: the device is unusable (%s); /health/live now fails so the process restarts",
                                 job.id, err)
                 self._mark_device_failed(job, redact(f"{type(err).__name__}: {err}"))
@@ -270,7 +306,7 @@ class GenerationService:
                 job.fail(ServiceError("internal_error", status=500, detail=type(err).__name__))
         if out_of_memory:
             # Outside the except block: the exception's traceback no longer pins tensors.
-            _free_device_memory()
+            free_device_memory()
             job.fail(ServiceError("out_of_memory", status=500))
         self._record_outcome(job)
 
@@ -288,6 +324,7 @@ class GenerationService:
             waiting.fail(error)
 
     def _on_step(self, job: Job, progress: StepProgress) -> None:
+        capture_preview(job, progress)
         job.report_step(progress.step, progress.total)
         if self.settings.debug_step_delay:
             job.sleep_unless_cancelled(self.settings.debug_step_delay)
@@ -300,11 +337,15 @@ class GenerationService:
         request = job.request
         loras = lora_fingerprints(request.loras)
         reference = _reference_summary(request)
+        # A Ray replica says where it ran (app.serving.ray_engine); the in-process engine does not.
+        replica = getattr(result, "replica", None)
+        engine_info = {**self.engine_info, "replica": replica} if replica else self.engine_info
         images = []
         for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
-            recipe = build_recipe(request, seed, index, self.engine_info, loras, reference, result.timings)
+            recipe = build_recipe(request, seed, index, engine_info, loras, reference, result.timings)
             png = encode_png(image, recipe)
             images.append(JobImage(png=png, path=self._save(job, index, seed, png), seed=seed, recipe=recipe))
+        self.history.apply_retention()
         timings = dict(result.timings)
         timings["png_encode"] = time.perf_counter() - started
         timings["queue_wait"] = job.started_at - job.submitted_at
@@ -335,28 +376,6 @@ class GenerationService:
         if job.error is not None and outcome != "cancelled":
             self.metrics.error(job.error.key)
         logger.info("%s %s in %.2f s", job.id, outcome, (job.finished_at or 0) - (job.started_at or 0))
-
-
-def _is_out_of_memory(err: Exception) -> bool:
-    import torch  # the worker already has torch loaded through the engine
-
-    return isinstance(err, torch.OutOfMemoryError)
-
-
-# Messages of CUDA errors after which the context cannot be trusted (unlike out-of-memory).
-FATAL_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_", "cuDNN error")
-
-
-def _is_fatal_device_error(err: Exception) -> bool:
-    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in FATAL_DEVICE_MARKERS)
-
-
-def _free_device_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _reference_summary(request: GenerationRequest) -> dict | None:

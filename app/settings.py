@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from model.options import ATTENTION_BACKENDS, MEMORY_MODES
+from model.options import ATTENTION_BACKENDS, COMPILE_MODES, FP8_MATMULS, MEMORY_MODES
 from model.request import ENGINE_LIMITS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # "auto" = bfloat16 on CUDA, float32 on the CPU (CPUs without bf16 units run float32 faster).
 DTYPES = ("auto", "bfloat16", "float32")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# "local": this process loads the engine (one GPU). "ray": Engine replicas on a Ray cluster, one per GPU.
+SERVING_MODES = ("local", "ray")
+WARMUP_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -45,7 +49,15 @@ class Settings:
     memory_mode: str = "auto"
     attention: str = "auto"
     compile_blocks: bool = False
+    # Speed options (README, "Speed"): fused q/k/v and w1/w3 matmuls; torch.compile of the whole step as one
+    # graph ("off" or a model.options.COMPILE_MODES mode); fp8 GEMM for fp8-stored projections.
+    fuse_projections: bool = False
+    compile_mode: str = "off"
+    fp8_matmul: str = "weight-only"
     warmup: bool = True
+    # Sizes warmed up (and, with compile_mode, compiled) at start, "WIDTHxHEIGHT" comma-separated;
+    # empty = one tiny generation.
+    warmup_sizes: str = ""
     lora_dir: Path = Path("loras")
     controlnet_dir: Path = Path("controlnets")
     queue_size: int = 8
@@ -59,6 +71,21 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096
     output_dir: Path = Path("outputs")
+    serving: str = "local"
+    # "" = start a private Ray instance in this process; "auto" = the cluster `ray start --head` made on this
+    # machine; "HOST:6379" = a cluster's head node.
+    ray_address: str = ""
+    ray_min_replicas: int = 1
+    ray_max_replicas: int = 1
+    ray_gpus_per_replica: float = 1.0
+    ray_max_queued_requests: int = 4
+    mcp_server: bool = False
+    # Live previews of the image forming (a small JPEG after a step, at most every 0.3 s); off saves the cost.
+    previews: bool = True
+    # Retention, applied after every save so the disk cannot fill: the newest this many images are kept
+    # (0 = no limit), and images older than this many days are deleted (0 = no limit).
+    history_max_images: int = 5000
+    history_max_days: float = 0.0
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
     # press Stop. Never set it in production; 0 disables it.
     debug_step_delay: float = 0.0
@@ -73,8 +100,13 @@ class Settings:
         _check_choice("memory_mode", self.memory_mode, MEMORY_MODES)
         _check_choice("attention", self.attention, ATTENTION_BACKENDS)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
+        _check_choice("serving", self.serving, SERVING_MODES)
+        _check_choice("compile_mode", self.compile_mode, ("off", *COMPILE_MODES))
+        _check_choice("fp8_matmul", self.fp8_matmul, FP8_MATMULS)
+        self.warmup_size_list  # a malformed list is a SettingsError at start, not at warm-up
         for name in ("port", "queue_size", "min_size", "max_size", "max_batch", "max_steps",
-                     "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels"):
+                     "max_prompt_tokens", "max_prompt_chars", "max_upload_bytes", "max_upload_pixels",
+                     "ray_min_replicas", "ray_max_replicas", "ray_max_queued_requests"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         for name, engine_field in (("max_batch", "batch_size"), ("max_steps", "steps")):
@@ -89,8 +121,34 @@ class Settings:
                 f"min_size ({self.min_size}) and max_size ({self.max_size}) must be multiples of 16 "
                 "with min_size <= max_size"
             )
+        if self.ray_min_replicas > self.ray_max_replicas:
+            raise SettingsError(f"setting ray_min_replicas ({self.ray_min_replicas}) must be at most "
+                                f"ray_max_replicas ({self.ray_max_replicas})")
+        if self.ray_gpus_per_replica < 0:
+            raise SettingsError(f"setting ray_gpus_per_replica must be >= 0, got {self.ray_gpus_per_replica}")
+        if self.history_max_images < 0 or self.history_max_days < 0:
+            raise SettingsError("history_max_images and history_max_days must be >= 0 (0 = no limit)")
         if self.debug_step_delay < 0 or self.watchdog_seconds <= 0 or self.shutdown_grace_seconds < 0:
             raise SettingsError("debug_step_delay, watchdog_seconds and shutdown_grace_seconds must be >= 0")
+
+    @property
+    def warmup_size_list(self) -> tuple[tuple[int, int], ...]:
+        """warmup_sizes as ((width, height), ...), each a multiple of 16 within min_size..max_size."""
+        sizes = []
+        for item in filter(None, (part.strip() for part in self.warmup_sizes.split(","))):
+            match = WARMUP_SIZE.fullmatch(item)
+            width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+            if not all(side % 16 == 0 and self.min_size <= side <= self.max_size for side in (width, height)):
+                raise SettingsError(f"setting warmup_sizes: {item!r} is not WIDTHxHEIGHT with multiples of 16 "
+                                    f"from {self.min_size} to {self.max_size}, e.g. \"1024x1024,1024x768\"")
+            sizes.append((width, height))
+        return tuple(sizes)
+
+    @property
+    def job_slots(self) -> int:
+        """Jobs the service runs at once: one in-process engine, or one per Ray replica (at the upper
+        autoscaling bound; Serve holds a job for a replica that is still starting)."""
+        return self.ray_max_replicas if self.serving == "ray" else 1
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

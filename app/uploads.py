@@ -1,4 +1,5 @@
-"""Which client-named files the app may read: only regular files Gradio itself wrote into its upload folder.
+"""Which client-named files the app may read: only regular files Gradio itself wrote into its upload folder,
+or that this server wrote into its output folder (a history image used as the reference).
 
 Under `gr.mount_gradio_app` Gradio never sets `has_launched`, so its own "was this uploaded?" check in
 preprocessing is skipped: a client could name /etc/passwd (copied into the cache and served back) or
@@ -27,8 +28,9 @@ def upload_root() -> Path:
     return Path(os.path.abspath(get_upload_folder())).resolve()
 
 
-def trusted_upload(path: Any, field: str) -> Path:
-    """`path` resolved, when it names a regular file inside the upload folder; else ServiceError naming `field`.
+def trusted_upload(path: Any, field: str, output_dir: Path | None = None) -> Path:
+    """`path` resolved, when it names a regular file inside the upload folder (or `output_dir`, where this
+    server writes its own images); else ServiceError naming `field`.
 
     Nothing is opened or read: a device, FIFO or endless file is refused by its metadata alone."""
     if not isinstance(path, str) or not path or "\0" in path or "://" in path:
@@ -39,7 +41,8 @@ def trusted_upload(path: Any, field: str) -> Path:
         mode = resolved.stat().st_mode
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
         raise _refused(field, path) from None
-    if not resolved.is_relative_to(upload_root()) or not stat.S_ISREG(mode):
+    roots = [upload_root()] + ([output_dir.resolve()] if output_dir is not None else [])
+    if not any(resolved.is_relative_to(root) for root in roots) or not stat.S_ISREG(mode):
         raise _refused(field, path)
     return resolved
 
@@ -65,7 +68,7 @@ def file_references(document: Any) -> Iterator[tuple[str, Any]]:
             pending.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
 
 
-def check_file_references(document: Any) -> None:
-    """Raise for the first file object in `document` that is not a trusted upload."""
+def check_file_references(document: Any, output_dir: Path | None = None) -> None:
+    """Raise for the first file object in `document` that is not a trusted upload (or one of our outputs)."""
     for where, path in file_references(document):
-        trusted_upload(path, where)
+        trusted_upload(path, where, output_dir)

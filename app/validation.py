@@ -12,7 +12,7 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ServiceError, out_of_range
-from app.fields import NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
+from app.fields import CHOICE_FIELDS, NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
 from app.settings import Settings
 from model.control.validation import validate_control
 from model.errors import InvalidRequestError
@@ -64,8 +64,8 @@ def check_prompt_tokens(field: str, text: str, limit: int, count_tokens: Callabl
 
 def check_request(request: GenerationRequest, settings: Settings, door: str = "gradio") -> None:
     """Text checks of both prompts, then range checks for every numeric field (the engine's limits narrowed by
-    the settings), the reference image's shape and the engine's control/mask checks; the first violation is
-    raised, named as `door` calls it."""
+    the settings), the choice fields' values, the reference image's shape and the engine's control/mask
+    checks; the first violation is raised, named as `door` calls it."""
     for name in PROMPT_FIELDS:
         check_prompt_text(name, getattr(request, name), settings)
     for field in NUMERIC_FIELDS:
@@ -76,6 +76,10 @@ def check_request(request: GenerationRequest, settings: Settings, door: str = "g
                 raise ServiceError("size_out_of_range", field=field.name, value=value, min=low, max=high)
         elif not low <= value <= high:
             raise out_of_range(door_name(field.name, door), value, low, high)
+    for field in CHOICE_FIELDS:
+        if getattr(request, field.name) not in field.choices:
+            raise ServiceError("not_a_choice", field=door_name(field.name, door), value=getattr(request, field.name),
+                               choices=", ".join(field.choices), default=field.default)
     if request.reference_image is not None:
         check_reference_shape(request.reference_image.size, (request.width, request.height),
                               door_name("reference_image", door))

@@ -402,6 +402,7 @@ _RANGE_HINTS = {
     "guidance": " (0 = off, the Turbo default)",
     "strength": " (1 = ignore the reference image's content)",
     "cfg_truncation": " (1 = never truncate)",
+    "seed_variety": " (0 = off)",
     "cfg_normalization": " (0 = off)",
 }
 
@@ -440,7 +441,7 @@ def validate_request(request: GenerationRequest, multiple: int, axes_lens: tuple
     _check(isinstance(request.negative_prompt, str), "negative_prompt", "negative_prompt must be text")
     _validate_size(request, multiple, axes_lens)
     _validate_ranges(request, ENGINE_LIMITS)
-    catalog.check_choices(request)  # sampler name, seed_variety range
+    catalog.check_sampler(request.sampler)
     # Above the checkpoint's caption capacity is fine when the prompts are shorter (Engine._fit_caption_capacity).
     _check(_is_whole(request.max_sequence_length) and request.max_sequence_length >= 1, "max_sequence_length",
            f"max_sequence_length must be a whole number >= 1, got {request.max_sequence_length!r}")

@@ -70,6 +70,7 @@ class EngineLimits:
     shift: tuple[float, float] = (0.1, 20.0)
     cfg_truncation: tuple[float, float] = (0.0, 1.0)  # normalised time; 1 = never truncate
     cfg_normalization: tuple[float, float] = (0.0, 10.0)  # 0 = off
+    seed_variety: tuple[float, float] = (0.0, 10.0)  # x the prompt embedding's std; 0 = off
     seed: tuple[int, int] = (0, MAX_SEED)
     max_side: int | None = None
     max_prompt_tokens: int | None = None

@@ -10,6 +10,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r requirements-test.txt
+# The optional doors are tested too: Ray Serve replicas (serving = "ray") and the MCP server.
+"$VENV/bin/python" -m pip install -q -r requirements-ray.txt -r requirements-mcp.txt
 
 # Browser tests drive Debian's chromium through Playwright (Playwright's own browser download is not used).
 if [ ! -x /usr/bin/chromium ]; then

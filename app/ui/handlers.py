@@ -10,14 +10,15 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
+from app.fields import DOOR_DEFAULTS, FORM_NUMERIC_FIELDS, FORM_TEXT_FIELDS, RESTORED_FIELDS
 from app.ui.export_auth import with_api_key
-from app.fields import FORM_NUMERIC_FIELDS, RESTORED_FIELDS
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
 from app.loras import check_scale, list_lora_names, resolve_loras
 from app.metadata import read_recipe
 from app.service import EngineState, GenerationService
 from app.ui.export import GRADIO_PARAMETERS, snippets_for
+from app.ui.history_panel import HistoryPanel
 from app.ui.presets import preset_choices
 from app.ui.slots import (SLOT_PARAMETERS, SLOTS, filled_slots, name_field, scale_field, slot_choices,
                           slot_values, usable_recipe_loras)
@@ -30,8 +31,10 @@ POLL_SECONDS = 0.5
 # Everything restore_from_png sets before the batch size and the status: the fields, then the LoRA slots.
 RESTORED_OUTPUTS = RESTORED_FIELDS + SLOT_PARAMETERS
 NAME_FIELDS = tuple(name_field(slot) for slot in SLOTS)
-# The export panel's first choice: snippets for the form as it is (index -1), before the history entries.
-CURRENT_FORM_CHOICE = ("当前表单 / current form", -1)
+# The export panel's sources: the form as it is, or the image chosen in the history panel.
+HISTORY_SOURCE = "history"
+EXPORT_SOURCES = [("当前表单 / current form", "form"),
+                  ("所选历史图片 / chosen history image", HISTORY_SOURCE)]
 
 
 def request_language(lang: str | None, request: gr.Request | None) -> str:
@@ -80,7 +83,7 @@ class UiHandlers:
         try:
             gen_request = self._build_request(form)
             owner = getattr(request, "session_hash", None)
-            job = self.service.submit(gen_request, door="gradio", owner=owner)
+            job = self.service.submit(gen_request, door="gradio", owner=owner, previews=True)
         except ServiceError as err:
             self.service.metrics.error(err.key)
             raise gr.Error(err.message(lang), print_exception=False) from None
@@ -95,15 +98,18 @@ class UiHandlers:
         # uploads are opened (app.security already refused any other path in the HTTP body).
         image = form["reference_image"]
         path = image.get("path") if isinstance(image, dict) else image
-        upload = trusted_upload(path, "reference_image") if path else None
+        upload = trusted_upload(path, "reference_image", self.settings.output_dir) if path else None
         reference = open_uploaded_file(str(upload), self.settings) if upload else None
         numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in FORM_NUMERIC_FIELDS}
-        return GenerationRequest(
-            prompt=str(form["prompt"] or ""), negative_prompt=str(form["negative_prompt"] or ""),
-            reference_image=reference, loras=resolve_loras(lora_items(form), self.settings.lora_dir), **numbers)
+        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name, ""))
+                 for field in FORM_TEXT_FIELDS}
+        return GenerationRequest(**texts, **numbers, reference_image=reference,
+                                 loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 
     def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
-        version = -1
+        """Stream the job: queue position, then each step (with the newest live preview in the results
+        gallery, where the images will appear), then the images."""
+        version, shown_preview = -1, 0
         while True:
             version = job.wait_for_change(version, POLL_SECONDS)
             if job.state == JobState.QUEUED:
@@ -114,8 +120,12 @@ class UiHandlers:
                 total = job.total_steps or job.request.steps
                 progress((job.step, total), desc=translate("status_running", lang, step=job.step, total=total),
                          unit="steps")
-                yield (translate("status_running", lang, step=job.step, total=total),
-                       gr.skip(), gr.skip(), gr.skip())
+                preview = gr.skip()
+                if job.preview is not None and job.preview_step != shown_preview:
+                    shown_preview = job.preview_step
+                    caption = translate("preview_caption", lang, step=shown_preview, total=total)
+                    preview = [(Image.open(io.BytesIO(job.preview)), caption)]
+                yield translate("status_running", lang, step=job.step, total=total), preview, gr.skip(), gr.skip()
             elif job.state == JobState.SUCCEEDED:
                 yield self._final_outputs(job, lang)
                 return
@@ -227,40 +237,15 @@ class UiHandlers:
         choices = slot_choices(list_lora_names(self.settings.lora_dir))
         return tuple(gr.update(choices=choices) for _ in NAME_FIELDS)
 
-    # ---- history and export -----------------------------------------------------------------
-    @staticmethod
-    def remember(last: dict | None, history: list) -> tuple[list, list, dict]:
-        """Append the last run to this tab's history; refresh the history gallery and export choices."""
-        history = list(history or [])
-        if last:  # runs only after a successful generate, so `last` is that run's result
-            history.append(last)
-        items = [(path, f"#{i + 1} · {caption}")
-                 for i, entry in enumerate(history) for path, caption in entry["images"]]
-        return history, items, export_choices_update(history)
-
-    def export(self, source: int | None, history: list, lang: str | None, request: gr.Request,
+    # ---- export -----------------------------------------------------------------------------
+    def export(self, source: str | None, chosen: str | None, lang: str | None, request: gr.Request,
                *form: Any) -> tuple[str, str, str, str]:
-        """Snippets for the current form (source -1/None) or a history entry."""
-        history = history or []
-        if source is not None and 0 <= int(source) < len(history):
-            params = history[int(source)]["recipe"]
-        else:
-            params = form_params(form)
-        snippets = snippets_for(params, base_url(request))
+        """Snippets for the current form, or (source "history") for the image chosen in the history."""
+        params = HistoryPanel(self.service.history).recipe_of(chosen) if source == HISTORY_SOURCE else None
+        snippets = snippets_for(params or form_params(form), base_url(request))
         if self.settings.api_key:  # security hook: the snippets read the key from ZIMAGE_API_KEY
             snippets = with_api_key(snippets)
         return snippets.python, snippets.curl_gradio, snippets.curl_rest, snippets.openai
-
-    @staticmethod
-    def history_selected(evt: gr.SelectData, history: list) -> dict:
-        """Clicking a history image points the export panel at its entry."""
-        index, count = 0, 0
-        for i, entry in enumerate(history or []):
-            count += len(entry["images"])
-            if evt.index < count:
-                index = i
-                break
-        return gr.update(value=index)
 
     def banner(self) -> tuple[dict, dict]:
         """Weights/loading banner; the polling timer stops once the engine has settled."""
@@ -295,10 +280,3 @@ def lora_items(form: dict[str, Any]) -> list[dict[str, Any]]:
 def form_params(form: tuple) -> dict[str, Any]:
     """Form values (in GRADIO_PARAMETERS order) by name."""
     return dict(zip(GRADIO_PARAMETERS, form))
-
-
-def export_choices_update(history: list) -> dict:
-    choices = [CURRENT_FORM_CHOICE] + [
-        (f"#{i + 1} · seed {entry['recipe'].get('seed')} · {entry['recipe'].get('prompt', '')[:30]}", i)
-        for i, entry in enumerate(history)]
-    return gr.update(choices=choices)

@@ -19,8 +19,11 @@ from app.loras import SCALE_RANGE, list_lora_names
 from app.service import GenerationService
 from app.settings import Settings
 from app.ui.export import GRADIO_PARAMETERS
-from app.ui.handlers import CURRENT_FORM_CHOICE, RESTORED_OUTPUTS, UiHandlers
+from app.ui.handlers import EXPORT_SOURCES, RESTORED_OUTPUTS, UiHandlers
+from app.ui.history_panel import HistoryPanel
+from app.ui.locale import SET_GRADIO_LOCALE_JS
 from app.ui.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
+from app.ui.samplers import sampler_choices
 from app.ui.slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
 from app.ui.strings import ui_text
 
@@ -53,20 +56,23 @@ FORM_INPUTS = GRADIO_PARAMETERS
 def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
     """The page, wired to `service`. Elements carry elem_ids for tests."""
     handlers = UiHandlers(service)
+    panel = HistoryPanel(service.history)
     labels = Labels(translations)
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(3600, 3600)) as demo:
         ui = _build_layout(labels, service.settings)
-        _wire_generation(handlers, ui)
+        _wire_generation(handlers, panel, ui)
         _wire_form(handlers, ui)
         _wire_export(handlers, ui)
-        _wire_page(handlers, ui, labels, demo)
+        _wire_history(handlers, panel, ui, demo)
+        _wire_page(handlers, panel, ui, labels, demo)
     return demo
 
 
 def _build_layout(L: Labels, settings: Settings) -> dict[str, Any]:
     """Every component by name: states, header, form, buttons, results, history, export panel."""
     t = L.t
-    ui: dict[str, Any] = {"lang": gr.State(None), "last_result": gr.State(None), "history": gr.State([])}
+    ui: dict[str, Any] = {"lang": gr.State(None), "last_result": gr.State(None), "history_page": gr.State(0),
+                          "history_ids": gr.State([]), "history_chosen": gr.State(None)}
     with gr.Row():
         L(gr.Markdown(t("heading"), elem_id="heading"), value="heading")
         ui["lang_radio"] = gr.Radio([("中文", "zh"), ("English", "en")], value=None, label="语言 / Language",
@@ -81,19 +87,68 @@ def _build_layout(L: Labels, settings: Settings) -> dict[str, Any]:
                 ui["generate"] = L(gr.Button(t("generate"), variant="primary", elem_id="gen-btn"), value="generate")
                 ui["stop"] = L(gr.Button(t("stop"), variant="stop", elem_id="stop-btn"), value="stop")
             ui["recipe_drop"] = L(gr.File(label=t("recipe_drop"), file_types=[".png"], type="filepath",
-                                          elem_id="recipe-drop", height=90), label="recipe_drop")
+                                          elem_id="recipe-drop", height=150), label="recipe_drop")
         with gr.Column(scale=5):
             ui["status"] = gr.Markdown(elem_id="status")
-            ui["gallery"] = L(gr.Gallery(label=t("gallery"), format="png", columns=2, height=520, elem_id="gallery",
-                                         buttons=["download", "fullscreen"]), label="gallery")
+            # format: how in-memory images are sent, i.e. the live JPEG previews; the results are PNG files
+            # from the output folder, served as they are.
+            ui["gallery"] = L(gr.Gallery(label=t("gallery"), format="jpeg", columns=2, height=520,
+                                         elem_id="gallery", buttons=["download", "fullscreen"]), label="gallery")
             ui["details"] = L(gr.JSON(label=t("details"), elem_id="details", open=False), label="details")
-            ui["history_gallery"] = L(gr.Gallery(label=t("history"), format="png", columns=6, height=160,
-                                                 elem_id="history", allow_preview=False), label="history")
+            ui.update(_build_history(L))
             ui.update(_build_export(L))
     return ui
 
 
-def _wire_generation(handlers: UiHandlers, ui: dict[str, Any]) -> None:
+def _build_history(L: Labels) -> dict[str, Any]:
+    """The output folder's images, newest first, paged; the chosen one's recipe and what to do with it."""
+    t = L.t
+    h: dict[str, Any] = {}
+    h["history_gallery"] = L(gr.Gallery(label=t("history"), format="png", columns=6, height=220, elem_id="history",
+                                        allow_preview=False), label="history")
+    with gr.Row(equal_height=True):
+        h["history_newer"] = L(gr.Button(t("history_newer"), size="sm", elem_id="history-newer"), value="history_newer")
+        h["history_info"] = gr.Markdown(elem_id="history-info")
+        h["history_older"] = L(gr.Button(t("history_older"), size="sm", elem_id="history-older"), value="history_older")
+        h["history_refresh"] = L(gr.Button(t("history_refresh"), size="sm", elem_id="history-refresh"),
+                                 value="history_refresh")
+    with gr.Row():
+        h["history_restore"] = L(gr.Button(t("history_restore"), size="sm", elem_id="history-restore"),
+                                 value="history_restore")
+        h["history_reference"] = L(gr.Button(t("history_reference"), size="sm", elem_id="history-reference"),
+                                   value="history_reference")
+        h["history_delete"] = L(gr.Button(t("history_delete"), size="sm", variant="stop", elem_id="history-delete"),
+                                value="history_delete")
+    h["history_recipe"] = L(gr.JSON(label=t("history_recipe"), elem_id="history-recipe", open=False),
+                            label="history_recipe")
+    return h
+
+
+def _wire_history(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], demo: gr.Blocks) -> None:
+    """Listing and paging, choosing an image, and the actions on the chosen one."""
+    private = {"api_visibility": "private", "concurrency_limit": None}
+    listing = [ui["history_gallery"], ui["history_ids"], ui["history_page"], ui["history_info"]]
+    demo.load(panel.show, inputs=[ui["history_page"], ui["lang"]], outputs=listing, **private)
+    ui["history_refresh"].click(panel.show, inputs=[ui["history_page"], ui["lang"]], outputs=listing, **private)
+    ui["history_newer"].click(panel.newer, inputs=[ui["history_page"], ui["lang"]], outputs=listing, **private)
+    ui["history_older"].click(panel.older, inputs=[ui["history_page"], ui["lang"]], outputs=listing, **private)
+    ui["history_gallery"].select(panel.select, inputs=[ui["history_ids"]],
+                                 outputs=[ui["history_chosen"], ui["history_recipe"], ui["export_source"]], **private)
+
+    def restore_chosen(item_id: str | None, lang: str | None, request: gr.Request) -> list:
+        return handlers.restore_from_png(panel.chosen_path(item_id), lang, request)
+
+    restore_outputs = [ui[name] for name in RESTORED_OUTPUTS] + [ui["batch_size"], ui["status"]]
+    ui["history_restore"].click(restore_chosen, inputs=[ui["history_chosen"], ui["lang"]], outputs=restore_outputs,
+                                **private)
+    ui["history_reference"].click(panel.as_reference, inputs=[ui["history_chosen"]], outputs=[ui["reference_image"]],
+                                  **private)
+    ui["history_delete"].click(panel.delete, inputs=[ui["history_chosen"], ui["history_page"], ui["lang"]],
+                               outputs=[*listing, ui["history_chosen"], ui["history_recipe"], ui["status"]],
+                               **private)
+
+
+def _wire_generation(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any]) -> None:
     """Generate (the public /generate API), history after success, and Stop."""
     generate_event = ui["generate"].click(
         handlers.generate, inputs=[*(ui[name] for name in FORM_INPUTS), ui["lang"]],
@@ -103,8 +158,9 @@ def _wire_generation(handlers: UiHandlers, ui: dict[str, Any]) -> None:
         # message instead of Gradio's preprocessing traceback.
         preprocess=False,
     )
-    generate_event.success(handlers.remember, inputs=[ui["last_result"], ui["history"]],
-                           outputs=[ui["history"], ui["history_gallery"], ui["export_source"]],
+    # The new images lead the history's first page (every other tab sees them on its next listing).
+    generate_event.success(lambda lang: panel.show(0, lang), inputs=[ui["lang"]],
+                           outputs=[ui["history_gallery"], ui["history_ids"], ui["history_page"], ui["history_info"]],
                            api_visibility="private")
     # Stop cancels OUR job; the generate generator then ends on its own and reports the stop as its
     # last output. `cancels=[generate_event]` is deliberately not used: killing the stream races with
@@ -113,19 +169,27 @@ def _wire_generation(handlers: UiHandlers, ui: dict[str, Any]) -> None:
 
 
 def _wire_export(handlers: UiHandlers, ui: dict[str, Any]) -> None:
-    inputs = [ui["export_source"], ui["history"], ui["lang"], *(ui[name] for name in FORM_INPUTS)]
+    inputs = [ui["export_source"], ui["history_chosen"], ui["lang"], *(ui[name] for name in FORM_INPUTS)]
     for trigger in (ui["export_button"].click, ui["export_source"].change):
         trigger(handlers.export, inputs=inputs, outputs=ui["codes"], api_visibility="private",
                 concurrency_limit=None)
-    ui["history_gallery"].select(handlers.history_selected, inputs=[ui["history"]], outputs=[ui["export_source"]],
-                                 api_visibility="private")
 
 
-def _wire_page(handlers: UiHandlers, ui: dict[str, Any], labels: Labels, demo: gr.Blocks) -> None:
+def _wire_page(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], labels: Labels,
+               demo: gr.Blocks) -> None:
     """Language (browser first, then the switch), the weights banner, and the LoRA lists on page load."""
     private = {"api_visibility": "private", "queue": False}
+    # Gradio's own strings follow its frontend locale, which the script sets (awaited before the event that
+    # shows the upload zones again). The zones read the locale only when they mount, so they are hidden
+    # first: a file dropped meanwhile waits for the new zone instead of landing in the old one.
+    uploads = [ui["reference_image"], ui["recipe_drop"]]
     ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
-        labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private)
+        lambda: [gr.update(visible=False)] * len(uploads), outputs=uploads, **private).then(
+        lambda _: [gr.update(visible=True)] * len(uploads), inputs=[ui["lang_radio"]], outputs=uploads,
+        js=SET_GRADIO_LOCALE_JS, **private).then(
+        labels.relabel, inputs=[ui["lang_radio"]], outputs=labels.components, **private).then(
+        panel.show, inputs=[ui["history_page"], ui["lang"]],
+        outputs=[ui["history_gallery"], ui["history_ids"], ui["history_page"], ui["history_info"]], **private)
     ui["banner_timer"].tick(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
     demo.load(handlers.detect_language, outputs=[ui["lang"], ui["lang_radio"]], **private)
     demo.load(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
@@ -148,11 +212,21 @@ def _slider(L: Labels, name: str, settings: Settings) -> Any:
     return L(slider, **props)
 
 
+def _choice(L: Labels, field: RequestField) -> Any:
+    """A choice field as a dropdown (the sampler: its choices say what each costs)."""
+    props = _labelled(field)
+    choices = sampler_choices() if field.name == "sampler" else [(name, name) for name in field.choices]
+    dropdown = gr.Dropdown(choices, value=field.default, elem_id=field.dom_id,
+                           **{prop: L.t(key) for prop, key in props.items()})
+    return L(dropdown, **props)
+
+
 def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
     """Prompt, guidance/steps/seed, size presets, batch, reference image, advanced: name -> component.
 
-    The main fields are placed here; every field of the "advanced" section is a slider in the Advanced
-    accordion, in table order, so a new numeric field appears there without touching this function."""
+    The main fields are placed here; every field of the "advanced" section is a slider (a dropdown for a
+    choice field) in the Advanced accordion, in table order, so a new field appears there without touching
+    this function."""
     t = L.t
     f: dict[str, Any] = {}
     f["prompt"] = L(gr.Textbox(label=t("prompt"), placeholder=t("prompt_placeholder"), lines=3, elem_id="prompt"),
@@ -190,7 +264,7 @@ def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
         f["strength"] = _slider(L, "strength", settings)
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
         for field in fields_in("advanced"):
-            f[field.name] = _slider(L, field.name, settings)
+            f[field.name] = _choice(L, field) if field.choices else _slider(L, field.name, settings)
     return f
 
 
@@ -215,7 +289,7 @@ def _build_export(L: Labels) -> dict[str, Any]:
     t = L.t
     with L(gr.Accordion(t("export"), open=False, elem_id="export"), label="export"):
         with gr.Row():
-            source = L(gr.Dropdown([CURRENT_FORM_CHOICE], value=CURRENT_FORM_CHOICE[1], label=t("export_source"),
+            source = L(gr.Dropdown(EXPORT_SOURCES, value=EXPORT_SOURCES[0][1], label=t("export_source"),
                                    elem_id="export-source"), label="export_source")
             button = L(gr.Button(t("export_button"), elem_id="export-btn"), value="export_button")
         codes = [

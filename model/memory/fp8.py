@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.options import FP8_MATMULS
+
 logger = logging.getLogger(__name__)
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -38,7 +40,6 @@ FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
 # final layer are small and precision sensitive (diffusers also keeps t/cap embedders unquantized).
 TRANSFORMER_BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
 BLOCK_PROJECTIONS = (".attention.", ".feed_forward.")
-FP8_MATMULS = ("weight-only", "dynamic")
 DYNAMIC_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with fp8 tensor cores
 
 

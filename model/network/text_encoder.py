@@ -22,6 +22,25 @@ DEFAULT_MAX_TOKENS = 512
 FALLBACK_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The prompt wrapped in the chat template (the tokenizer's own template when it has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=True,
+        )
+    return FALLBACK_TEMPLATE.format(prompt=prompt)
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """All token ids of the templated prompt (no truncation, no padding, no extra special tokens).
+
+    Needs the tokenizer only, so a process without the model (the app in Ray mode) counts the same way."""
+    return list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=True)["input_ids"])
+
+
 @dataclass(frozen=True)
 class PromptFeatures:
     """Caption features [L, hidden] of one prompt, with its token accounting."""
@@ -41,19 +60,10 @@ class PromptEncoder:
         self._cache: OrderedDict[tuple[str, int], PromptFeatures] = OrderedDict()
 
     def render(self, prompt: str) -> str:
-        """The prompt wrapped in the chat template (the tokenizer's own template when it has one)."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                tokenize=False,
-                add_generation_prompt=True,
-                enable_thinking=True,
-            )
-        return FALLBACK_TEMPLATE.format(prompt=prompt)
+        return render_prompt(self.tokenizer, prompt)
 
     def token_ids(self, prompt: str) -> list[int]:
-        """All token ids of the templated prompt (no truncation, no padding, no extra special tokens)."""
-        return list(self.tokenizer(self.render(prompt), add_special_tokens=True)["input_ids"])
+        return prompt_token_ids(self.tokenizer, prompt)
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.token_ids(prompt))

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from model.memory.streaming import repeated_blocks
+from model.options import COMPILE_MODES
 
 logger = logging.getLogger(__name__)
 
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 
 
 def compile_repeated_blocks(transformer: nn.Module, backend: str = "inductor") -> int:

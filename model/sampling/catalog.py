@@ -1,18 +1,13 @@
 """The sampler and seed-variety choices a request may make, with their costs and checks (torch-free).
 
-The doors read SAMPLERS to list the choices and say what each costs; the engine calls check_choices()
+The doors read SAMPLERS to list the choices and say what each costs; the engine calls check_sampler()
 while validating a request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from model.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from model.request import GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -45,19 +40,12 @@ SAMPLERS: dict[str, SamplerInfo] = {info.name: info for info in (
 )}
 DEFAULT_SAMPLER = "euler"
 
-# Seed variety strength is a multiple of the prompt embedding's standard deviation; 0 turns it off.
-MAX_SEED_VARIETY = 10.0
 
+def check_sampler(name: object) -> None:
+    """Raise InvalidRequestError(field="sampler") for a name that is not a key of SAMPLERS.
 
-def check_choices(request: "GenerationRequest") -> None:
-    """Raise InvalidRequestError(field=...) for an unknown sampler or an out-of-range seed variety."""
-    if not isinstance(request.sampler, str) or request.sampler not in SAMPLERS:
+    (seed_variety is a ranged field: model.request.EngineLimits holds its range, the engine checks it.)"""
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise InvalidRequestError(
-            f"sampler must be one of {', '.join(SAMPLERS)}, got {request.sampler!r} ({DEFAULT_SAMPLER} is the default)",
+            f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r} ({DEFAULT_SAMPLER} is the default)",
             field="sampler")
-    strength = request.seed_variety
-    if (not isinstance(strength, (int, float)) or isinstance(strength, bool) or strength != strength
-            or not 0 <= strength <= MAX_SEED_VARIETY):
-        raise InvalidRequestError(
-            f"seed_variety must be a number from 0 to {MAX_SEED_VARIETY:g}, got {strength!r} (0 = off)",
-            field="seed_variety")

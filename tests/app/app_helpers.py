@@ -19,3 +19,12 @@ def make_settings(tmp: Path, **changes) -> Settings:
                   max_upload_pixels=1024 * 1024, shutdown_grace_seconds=2.0)
     values.update(changes)
     return with_overrides(base, **values)
+
+
+def gradio_form(**values) -> list:
+    """The /generate endpoint's positional inputs (GRADIO_PARAMETERS order): the doors' defaults, then `values`."""
+    from app.ui.export import DEFAULTS, GRADIO_PARAMETERS
+
+    unknown = set(values) - set(GRADIO_PARAMETERS)
+    assert not unknown, f"not /generate parameters: {sorted(unknown)}"
+    return [values.get(name, DEFAULTS[name]) for name in GRADIO_PARAMETERS]

@@ -15,11 +15,11 @@ from PIL import Image
 from app.ui.export import GRADIO_PARAMETERS
 from app.metadata import read_recipe
 from app.redaction import public_path, redact
-from app_helpers import make_settings
+from app_helpers import gradio_form, make_settings
 from fake_engine import FakeEngine
 from live_server import LiveServer, running
 
-FORM = ["a quiet harbour", "", 0.0, 2, 9, 128, 128, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0]
+FORM = gradio_form(prompt="a quiet harbour", steps=2, seed=9, width=128, height=128)
 SECRET_FILE = "/srv/secret-place/weights/ae.safetensors"
 
 

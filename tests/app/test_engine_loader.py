@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
 from app.engine_loader import engine_factory
-from model.loading.layout import find_layout
+from model.loading.layout import HF_REQUIRED, find_layout
 from app.errors import ServiceError
 from app_helpers import make_settings
 
@@ -49,3 +50,20 @@ def test_missing_weights_banner_gives_a_command_that_works(tmp_path: Path):
 def test_dtype_auto_loads_float32_on_the_cpu(tiny_model_dir: Path, tmp_path: Path):
     engine = engine_factory(make_settings(tmp_path, weights_dir=tiny_model_dir / "comfy", dtype="auto"))()
     assert engine.describe()["dtype"] == "float32"
+
+
+def test_speed_settings_reach_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """fuse_projections, compile_mode and fp8_matmul are passed to Engine.from_pretrained as the engine names them."""
+    from model.engine import Engine
+
+    seen = {}
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, path, **kwargs: seen.update(kwargs)))
+    for entry in HF_REQUIRED:  # an HF snapshot as find_layout recognises one (its files are never read here)
+        (tmp_path / entry).write_text("{}") if entry.endswith(".json") else (tmp_path / entry).mkdir()
+    settings = make_settings(tmp_path, weights_dir=tmp_path, device="cpu", fuse_projections=True,
+                             compile_mode="max-autotune-no-cudagraphs", fp8_matmul="dynamic")
+    engine_factory(settings)()
+    assert (seen["fuse_projections"], seen["compile_mode"], seen["fp8_matmul"]) == (
+        True, "max-autotune-no-cudagraphs", "dynamic")
+    engine_factory(dataclasses.replace(settings, compile_mode="off"))()
+    assert seen["compile_mode"] is None

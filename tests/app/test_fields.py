@@ -37,7 +37,7 @@ def test_rest_model_has_every_field_under_its_rest_name_with_the_engines_default
 def test_recipe_records_and_restore_reads_every_field():
     request = GenerationRequest(prompt="p", negative_prompt="n", guidance=1.5, steps=3, seed=9, width=128,
                                 height=256, batch_size=2, strength=0.4, shift=2.5, cfg_truncation=0.5,
-                                cfg_normalization=1.0)
+                                cfg_normalization=1.0, sampler="dpmpp_2m", seed_variety=0.5)
     recipe = build_recipe(request, 10, 1, {}, [], {"used": True}, {})
     for name in FORM_FIELDS:
         if name != "reference_image":

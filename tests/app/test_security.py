@@ -25,14 +25,14 @@ from app.auth import SESSION_COOKIE, session_valid, session_value
 from app.ui.export import GRADIO_PARAMETERS
 from app.security import SecurityPolicy
 from app.ui.handlers import UiHandlers
-from app_helpers import make_settings
+from app_helpers import gradio_form, make_settings
 from fake_engine import FakeEngine
 from live_server import LiveServer, running
 
 KEY = "zk-test-0123456789abcdef"
 TOOLS_ORIGIN = "https://tools.example"
 EVIL_ORIGIN = "http://evil.example"
-FORM = ["a blue gate", "", 0.0, 2, 7, 128, 128, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0]
+FORM = gradio_form(prompt="a blue gate", steps=2, seed=7, width=128, height=128)
 REST_BODY = {"prompt": "a blue gate", "size": "128x128", "steps": 1}
 GENERATE_FN_INDEX = 0  # the first event of the page (ui._wire_generation)
 

@@ -246,3 +246,12 @@ def test_service_refuses_prompts_beyond_the_checkpoints_capacity(tmp_path: Path)
         assert service.prompt_token_limit == 16
     finally:
         service.shutdown(1.0)
+
+
+def test_warmup_runs_at_the_configured_sizes(tmp_path: Path):
+    engine = FakeEngine()
+    service = started_service(tmp_path, engine, warmup=True, warmup_sizes="512x512,256x384")
+    try:
+        assert engine.warmed_up and engine.warmup_sizes == ((512, 512), (256, 384))
+    finally:
+        service.shutdown(1.0)

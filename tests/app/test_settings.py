@@ -98,7 +98,8 @@ def test_configs_app_toml_lists_every_default_as_the_dataclass_has_it():
 def test_readme_settings_table_agrees_with_the_defaults():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `(\w+)` \| `ZIMAGE_\w+` \| `([^`]*)` \|", readme, flags=re.MULTILINE))
-    defaults = {f.name: _default_text(f.default) for f in dataclasses.fields(Settings)}
+    # An empty text default is written `""` in the table.
+    defaults = {f.name: _default_text(f.default) or '""' for f in dataclasses.fields(Settings)}
     assert rows == defaults
 
 
@@ -124,3 +125,18 @@ def test_settings_cannot_raise_the_engines_limits(env: dict, words: list[str]):
     for word in words:
         assert word in str(caught.value)
     assert ENGINE_LIMITS.batch_size[1] == 4 and ENGINE_LIMITS.steps[1] == 50
+
+
+def test_speed_settings_are_validated_and_warmup_sizes_parsed():
+    settings = load_settings({"ZIMAGE_WARMUP_SIZES": "1024x1024, 768x1344", "ZIMAGE_COMPILE_MODE": "reduce-overhead",
+                              "ZIMAGE_FP8_MATMUL": "dynamic", "ZIMAGE_FUSE_PROJECTIONS": "true"})
+    assert settings.warmup_size_list == ((1024, 1024), (768, 1344))
+    assert (settings.compile_mode, settings.fp8_matmul, settings.fuse_projections) == ("reduce-overhead", "dynamic", True)
+    assert Settings().warmup_size_list == ()
+    for env, words in (({"ZIMAGE_COMPILE_MODE": "fast"}, ["compile_mode", "reduce-overhead"]),
+                       ({"ZIMAGE_FP8_MATMUL": "int8"}, ["fp8_matmul", "dynamic"]),
+                       ({"ZIMAGE_WARMUP_SIZES": "1024x1000"}, ["warmup_sizes", "1024x1000", "multiples of 16"]),
+                       ({"ZIMAGE_WARMUP_SIZES": "big"}, ["warmup_sizes", "'big'"])):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(env)
+        assert all(word in str(caught.value) for word in words), str(caught.value)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.errors import ServiceError
-from app.ui.export import GRADIO_PARAMETERS
+from app.ui.export import DEFAULTS, GRADIO_PARAMETERS
 from app.ui.slots import NO_LORA
 from app.metadata import encode_png
 from app.ui.presets import SIZE_CLASSES, preset_choices
@@ -69,21 +69,10 @@ def test_dropped_png_restores_its_recipe(handlers: UiHandlers, tmp_path: Path):
     assert "carries no Z-Image recipe" in values[-1]
 
 
-def test_history_entries_export_their_own_recipe(handlers: UiHandlers):
-    loras = [{"name": "ink", "scale": 0.7, "file": "ink.safetensors", "sha256": "ab" * 32}]
-    entry = {"recipe": {"prompt": "old one", "seed": 4242, "steps": 8, "width": 1024, "height": 1024,
-                        "batch_size": 2, "loras": loras},
-             "images": [("a.png", "seed 4242"), ("b.png", "seed 4243")], "seeds": [4242]}
-    history, items, choices = handlers.remember(entry, [])
-    assert history == [entry] and items[1] == ("b.png", "#1 · seed 4243") and len(choices["choices"]) == 2
-    form = ("current prompt", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0)
-    python, curl_gradio, curl_rest, openai_code = handlers.export(0, history, None, browser_request(), *form)
-    assert "seed=4242," in python and "old one" in python and "batch_size=2," in python
-    assert "http://127.0.0.1:7860/" in python and '"seed": 4242' in curl_rest
-    assert "lora_1='ink',\n    lora_1_scale=0.7,\n    lora_2=''," in python
-    assert '"loras": [{"name": "ink", "scale": 0.7}]' in curl_rest and '"ink", 0.7, "", 1.0' in curl_gradio
-    python, *_ = handlers.export(-1, history, None, browser_request(), *form)
-    assert "seed=7," in python and "current prompt" in python
+def test_export_of_the_current_form(handlers: UiHandlers):
+    form = {**DEFAULTS, "prompt": "current prompt", "seed": 7, "reference_image": None}
+    python, *_ = handlers.export("form", None, None, browser_request(), *(form[name] for name in GRADIO_PARAMETERS))
+    assert "seed=7," in python and "current prompt" in python and "http://127.0.0.1:7860/" in python
 
 
 def test_language_follows_the_browser_and_tokens_wait_for_the_model(handlers: UiHandlers):
@@ -97,7 +86,8 @@ def test_language_follows_the_browser_and_tokens_wait_for_the_model(handlers: Ui
 # A form with slot 1 = ink at 0.8, slot 2 empty, slot 3 = photo at -0.5.
 MINIMAL_RECIPE = {"prompt": "p", "seed": 3, "steps": 8, "shift": 3.0, "guidance": 0.0, "width": 512, "height": 512,
                   "software": {"app": "0.1.0"}}
-LORA_FORM = ("a cat", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "ink", 0.8, "", 1.0, "photo", -0.5)
+LORA_FORM = ("a cat", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "euler", 0.0, "ink", 0.8, "", 1.0,
+             "photo", -0.5)
 
 
 @pytest.fixture
@@ -127,7 +117,7 @@ def test_lora_slots_become_the_request_lora_set():
 
 
 def test_export_carries_each_lora_with_its_own_scale(handlers: UiHandlers, lora_dir: Path):
-    python, curl_gradio, curl_rest, openai_code = handlers.export(-1, [], None, browser_request(), *LORA_FORM)
+    python, curl_gradio, curl_rest, openai_code = handlers.export("form", None, None, browser_request(), *LORA_FORM)
     assert "lora_1='ink',\n    lora_1_scale=0.8,\n    lora_2='photo',\n    lora_2_scale=-0.5," in python
     assert '"ink", 0.8, "photo", -0.5, "", 1.0]' in curl_gradio
     assert '"loras": [{"name": "ink", "scale": 0.8}, {"name": "photo", "scale": -0.5}]' in curl_rest

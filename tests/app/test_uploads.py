@@ -19,13 +19,13 @@ from app.ui.export import GRADIO_PARAMETERS
 from app.service import GenerationService
 from app.ui.handlers import UiHandlers
 from app.uploads import check_file_references, file_references, trusted_upload, upload_root
-from app_helpers import make_settings
+from app_helpers import gradio_form, make_settings
 from fake_engine import FakeEngine
 from live_server import LiveServer, running
 
 FILE_META = {"_type": "gradio.FileData"}
 # The /generate endpoint's positional inputs, in GRADIO_PARAMETERS order.
-FORM = ["a red door", "", 0.0, 2, 5, 128, 128, 1, None, 0.6, 3.0, 1.0, 0.0, "", 1.0, "", 1.0, "", 1.0]
+FORM = gradio_form(prompt="a red door", steps=2, seed=5, width=128, height=128)
 REFERENCE = GRADIO_PARAMETERS.index("reference_image")
 
 
@@ -153,6 +153,23 @@ def test_trusted_upload_accepts_only_regular_files_inside_the_upload_folder(uplo
             trusted_upload(bad, "image")
         assert caught.value.key == "untrusted_file" and caught.value.field == "image"
     assert "refused image='/dev/zero'" in caplog.text  # the server log says what was asked for
+
+
+def test_our_own_output_images_are_trusted_as_references_and_nothing_else_there(upload_dir: Path, tmp_path: Path):
+    """A history image used as the reference comes back as a path in the output folder: ours, so accepted;
+    without the output folder, or through a symlink leading out of it, the same kind of path is refused."""
+    output_dir = tmp_path / "outputs"
+    made = output_dir / "2026-12-03" / "120000-job-0-5.png"
+    made.parent.mkdir(parents=True)
+    made.write_bytes(png_bytes())
+    assert trusted_upload(str(made), "reference_image", output_dir) == made.resolve()
+    (output_dir / "leak.png").symlink_to("/etc/passwd")
+    for path, roots in ((str(made), None), (str(output_dir / "leak.png"), output_dir), ("/etc/passwd", output_dir)):
+        with pytest.raises(ServiceError):
+            trusted_upload(path, "reference_image", roots)
+    check_file_references({"data": [{"path": str(made)}]}, output_dir)
+    with pytest.raises(ServiceError):
+        check_file_references({"data": [{"path": str(made)}]})
 
 
 def test_file_references_are_found_anywhere_in_a_body_even_deeply_nested():

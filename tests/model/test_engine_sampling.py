@@ -9,6 +9,7 @@ import torch
 from model import Engine, GenerationRequest
 from model.errors import InvalidRequestError
 from model.memory.vram import Admission
+from model.request import ENGINE_LIMITS
 from model.sampling import catalog, seed_variety
 
 SIZE = dict(width=64, height=48)
@@ -57,7 +58,7 @@ def test_unknown_sampler_is_refused_with_the_choices(engine, value):
     assert all(name in str(error.value) for name in catalog.SAMPLERS)
 
 
-@pytest.mark.parametrize("value", [-0.1, catalog.MAX_SEED_VARIETY + 1, float("nan"), True, "1"])
+@pytest.mark.parametrize("value", [-0.1, ENGINE_LIMITS.seed_variety[1] + 1, float("nan"), True, "1"])
 def test_seed_variety_out_of_range_is_refused(engine, value):
     with pytest.raises(InvalidRequestError) as error:
         engine.generate(GenerationRequest(prompt="a cat", seed_variety=value, **SIZE))

@@ -36,20 +36,10 @@ def test_quick_start_is_exactly_the_two_commands() -> None:
     assert "scripts/test.sh" in ci  # CI runs the README's test command
 
 
-def test_every_setting_is_documented_with_its_variable_and_default() -> None:
-    for field in dataclasses.fields(Settings):
-        default = field.default
-        shown = str(default).lower() if isinstance(default, bool) else str(default)
-        if isinstance(default, float) and default.is_integer():
-            shown = str(int(default))
-        row = f"| `{field.name}` | `ZIMAGE_{field.name.upper()}` | `{shown}` |"
-        assert row in README, f"README configuration table lacks or misstates: {row}"
-
-
 def test_every_variable_the_readme_names_exists() -> None:
     setup_only = set(load_script(REPO_ROOT / "supervisor" / "local_conf.py").SETUP_ONLY_VARIABLES)
     known = {f"ZIMAGE_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {"ZIMAGE_CONFIG"} | setup_only
-    named = set(re.findall(r"ZIMAGE_[A-Z_]+[A-Z]", README))
+    named = set(re.findall(r"ZIMAGE_[A-Z0-9_]+[A-Z0-9]", README))
     assert named <= known, f"README names variables nothing reads: {sorted(named - known)}"
     setup_script = (REPO_ROOT / "scripts" / "setup_and_start.sh").read_text()
     for variable in setup_only:

@@ -1,0 +1,87 @@
+"""The MCP door with the real `mcp` client over streamable HTTP: the tool list, a call that goes through
+the service's queue and returns a PNG, a refused request's message, and the door off by default."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+
+from app.metadata import read_recipe
+from app_helpers import make_settings
+from fake_engine import FakeEngine
+from live_server import LiveServer, start_server
+
+MCP_PATH = "/gradio_api/mcp/"
+
+
+@pytest.fixture(scope="module")
+def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+    settings = make_settings(tmp_path_factory.mktemp("mcp"), mcp_server=True, warmup=False)
+    live = start_server(settings, FakeEngine)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()
+
+
+def with_session(server: LiveServer, action):
+    async def run():
+        async with streamable_http_client(server.url + MCP_PATH) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await action(session)
+
+    return asyncio.run(run())
+
+
+def test_only_generate_image_is_listed_with_its_description_and_parameters(mcp_server: LiveServer):
+    tools = with_session(mcp_server, lambda session: session.list_tools()).tools
+    assert [tool.name for tool in tools] == ["generate_image"]
+    tool = tools[0]
+    assert "Z-Image-Turbo" in tool.description and "multiples of 16 from 128 to 512" in tool.description
+    properties = tool.inputSchema["properties"]
+    assert set(properties) == {"prompt", "negative_prompt", "width", "height", "steps", "seed", "guidance"}
+    assert "multiple of 16" in properties["width"]["description"]
+
+
+def test_calling_generate_image_queues_a_job_and_returns_the_png(mcp_server: LiveServer):
+    submitted = mcp_server.metric("zimage_jobs_submitted_total")
+    arguments = {"prompt": "a red kite", "width": 160, "height": 128, "steps": 2, "seed": 42}
+    result = with_session(mcp_server, lambda session: session.call_tool("generate_image", arguments))
+    assert not result.isError, result.content
+    images = [item for item in result.content if item.type == "image"]
+    assert len(images) == 1 and images[0].mimeType == "image/png"
+    with Image.open(io.BytesIO(base64.b64decode(images[0].data))) as image:
+        assert image.size == (160, 128)
+        assert image.convert("RGB").getpixel((0, 0)) == (42, 0, 77)  # FakeEngine's colour for seed 42
+    # Gradio re-encodes the inline copy; the URL next to it serves our PNG with its recipe.
+    url = next(item.text for item in result.content if item.type == "text").split("Image URL: ", 1)[1]
+    with Image.open(io.BytesIO(httpx.get(url, timeout=10).content)) as original:
+        recipe = read_recipe(original)
+    assert recipe["prompt"] == "a red kite" and recipe["seed"] == 42 and recipe["steps"] == 2
+    assert mcp_server.metric("zimage_jobs_submitted_total") == submitted + 1
+
+
+def test_a_refused_request_tells_the_agent_which_field_to_fix(mcp_server: LiveServer):
+    arguments = {"prompt": "a red kite", "width": 4096, "height": 128}
+    result = with_session(mcp_server, lambda session: session.call_tool("generate_image", arguments))
+    assert result.isError
+    text = " ".join(item.text for item in result.content if item.type == "text")
+    assert "width" in text and "512" in text
+
+
+def test_mcp_is_off_by_default(tmp_path: Path):
+    live = start_server(make_settings(tmp_path, warmup=False), FakeEngine)
+    try:
+        assert httpx.get(live.url + MCP_PATH + "schema", timeout=10).status_code == 404
+    finally:
+        live.stop()
