@@ -27,4 +27,4 @@ def gradio_form(**values) -> list:
 
     unknown = set(values) - set(GRADIO_PARAMETERS)
     assert not unknown, f"not /generate parameters: {sorted(unknown)}"
-    return [values.get(name, DEFAULTS[name]) for name in GRADIO_PARAMETERS]
+    return [values[name] if name in values else DEFAULTS.get(name) for name in GRADIO_PARAMETERS]
