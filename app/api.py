@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 import time
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from app.errors import ServiceError, out_of_range
 from app.i18n import language_from_header
 from app.jobs import Job, JobState
+from app.control import resolve_controlnet
 from app.loras import MAX_LORAS, resolve_loras
 from app.service import GenerationService
 from app.settings import Settings
-from app.fields import DOOR_DEFAULTS, FIELDS, RequestField
+from app.fields import DOOR_DEFAULTS, FIELDS, IMAGE_FIELDS, RequestField
 from app.validation import decode_base64_image, parse_size
 from model.request import GenerationRequest
 
@@ -55,12 +56,12 @@ class OpenAIFields(BaseModel):
 
 
 def _rest_field(field: RequestField) -> tuple[Any, Any]:
-    """(annotation, default) of a table field in the REST model; the image is base64 text there."""
+    """(annotation, default) of a table field in the REST model; images are base64 text there."""
     if field.name == "prompt":
         return str, ...
-    if field.name == "reference_image":
+    if field.kind is object:
         return str | None, None
-    return field.kind, field.default
+    return (field.kind if field.default is not None else field.kind | None), field.default
 
 
 # The REST body: OpenAI's fields, then ours (from the field table), then the LoRA list.
@@ -84,19 +85,12 @@ def build_router(service: GenerationService) -> APIRouter:
 
     @router.post("/v1/images/generations")
     async def create_images(request: Request) -> JSONResponse:
-        lang = language_from_header(request.headers.get("accept-language"))
-        try:
+        async def prepare() -> tuple[Job, OpenAIFields]:
             body = await read_request(request, settings)
-            # In a thread: decoding the image and tokenizing the prompt (in submit) would block the event loop.
-            job = await asyncio.to_thread(submit_body, service, body)
-        except ServiceError as err:
-            service.metrics.error(err.key)
-            return error_response(err, lang)
-        try:
-            await wait_for_job(job, request, service)
-        except ServiceError as err:  # the job failed: the service already counted it
-            return error_response(err, lang)
-        return JSONResponse(success_body(job, body))
+            # In a thread: decoding the images and tokenizing the prompt (in submit) would block the event loop.
+            return await asyncio.to_thread(submit_body, service, body), body
+
+        return await respond(request, service, prepare)
 
     return router
 
@@ -106,10 +100,32 @@ def error_response(err: ServiceError, lang: str) -> JSONResponse:
     return JSONResponse(err.openai_body(lang), status_code=err.status, headers=err.headers)
 
 
+async def respond(request: Request, service: GenerationService,
+                  prepare: Callable[[], Awaitable[tuple[Job, OpenAIFields]]]) -> JSONResponse:
+    """Queue the job `prepare` builds, wait for it, answer in OpenAI's shape (errors too, in the client's
+    language)."""
+    lang = language_from_header(request.headers.get("accept-language"))
+    try:
+        job, body = await prepare()
+    except ServiceError as err:
+        service.metrics.error(err.key)
+        return error_response(err, lang)
+    try:
+        await wait_for_job(job, request, service)
+    except ServiceError as err:  # the job failed: the service already counted it
+        return error_response(err, lang)
+    return JSONResponse(success_body(job, body))
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """Largest JSON body: every image field at the upload limit in base64 (4/3 larger), plus the rest."""
+    return len(IMAGE_FIELDS) * settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES
+
+
 async def read_request(request: Request, settings: Settings) -> OpenAIFields:
     """The validated REST fields of a generation request (this endpoint's and the stream's). The parse runs
     in a thread: a 27 MB body would otherwise block the event loop, and with it /health/live."""
-    raw = await read_body(request, settings.max_upload_bytes * 4 // 3 + BODY_SLACK_BYTES)
+    raw = await read_body(request, max_body_bytes(settings))
     return await asyncio.to_thread(parse_request, raw, settings)
 
 
@@ -182,15 +198,26 @@ def submit_body(service: GenerationService, body: OpenAIFields, previews: bool =
 
 
 def to_generation_request(body: OpenAIFields, settings: Settings) -> GenerationRequest:
-    """REST fields -> engine request (decodes the reference image and resolves LoRA names)."""
+    """REST fields -> engine request (decodes the base64 images, resolves the LoRA and ControlNet names)."""
+    return build_request(body, settings, decode_images(body, settings))
+
+
+def decode_images(body: OpenAIFields, settings: Settings) -> dict[str, Any]:
+    """Every base64 image field (image, mask, control_image) under the upload limits, named as the client
+    sent it: field name -> PIL image, or None when left out."""
+    return {field.name: decode_base64_image(getattr(body, field.rest), settings, field.rest)
+            if getattr(body, field.rest) else None for field in IMAGE_FIELDS}
+
+
+def build_request(body: OpenAIFields, settings: Settings, images: dict[str, Any]) -> GenerationRequest:
+    """REST fields plus decoded images (field name -> PIL image or None) -> engine request."""
     if body.response_format == "url":
         raise ServiceError("url_format_unsupported", field="response_format")
     width, height = parse_size(body.size)
-    reference = decode_base64_image(body.image, settings) if body.image else None
     loras = resolve_loras([item.model_dump() for item in body.loras], settings.lora_dir)
-    values = {field.name: getattr(body, field.rest) for field in FIELDS
-              if field.rest and field.name != "reference_image"}
-    return GenerationRequest(**values, width=width, height=height, reference_image=reference, loras=loras)
+    values = {field.name: getattr(body, field.rest) for field in FIELDS if field.rest and field.kind is not object}
+    values["controlnet"] = resolve_controlnet(body.controlnet, settings.controlnet_dir)
+    return GenerationRequest(**values, **images, width=width, height=height, loras=loras)
 
 
 async def wait_for_job(job: Job, request: Request, service: GenerationService) -> None:

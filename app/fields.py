@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.settings import Settings
+from model.control.validation import MAX_CONTROL_SCALE
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest
 from model.sampling.catalog import SAMPLERS
 
@@ -28,7 +29,7 @@ class RequestField:
     """One request field and its names and looks at each door."""
 
     name: str  # GenerationRequest attribute = Gradio API parameter = form key = recipe key
-    kind: type  # int / float / str; object for the reference image
+    kind: type  # int / float / str; object for an image (reference, mask, control image)
     rest: str | None  # REST / OpenAI body name; None: travels inside another field (width, height -> size)
     step: float | None = None  # slider step on the form (None: not a slider)
     section: str = "main"  # "main": placed by app.ui.page; "advanced": the Advanced accordion, in table order
@@ -37,6 +38,9 @@ class RequestField:
     elem_id: str = ""  # DOM id on the page (default: the name with dashes)
     restore: bool = True  # a dropped PNG's recipe sets it back on the form
     with_reference_only: bool = False  # meaningful (recorded, exported) only when a reference image is used
+    with_controlnet_only: bool = False  # meaningful (recorded, exported) only when a ControlNet is used
+    form: bool = True  # an input of the Gradio form and its /generate API (False: the REST door only)
+    value_range: tuple[float, float] | None = None  # a numeric range of its own (else EngineLimits')
     choices: tuple[str, ...] = ()  # a text field limited to these values (a dropdown on the form)
 
     @property
@@ -75,16 +79,27 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("sampler", str, rest="sampler", section="advanced", info="sampler_info", choices=tuple(SAMPLERS)),
     RequestField("seed_variety", float, rest="seed_variety", step=0.05, section="advanced",
                  info="seed_variety_info"),
+    # ControlNet and inpainting (app.control): the engine checks them (model.control.validation); the
+    # ControlNet is a file name in settings.controlnet_dir. Not yet inputs of the Gradio form.
+    RequestField("mask", object, rest="mask", restore=False, with_reference_only=True, form=False),
+    RequestField("controlnet", str, rest="controlnet", form=False),
+    RequestField("control_image", object, rest="control_image", restore=False, with_controlnet_only=True,
+                 form=False),
+    RequestField("control_mode", str, rest="control_mode", with_controlnet_only=True, form=False),
+    RequestField("control_scale", float, rest="control_scale", step=0.05, with_controlnet_only=True, form=False,
+                 value_range=(0.0, MAX_CONTROL_SCALE)),
 )
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
-FORM_FIELDS = tuple(field.name for field in FIELDS)
+FORM_FIELDS = tuple(field.name for field in FIELDS if field.form)
 NUMERIC_FIELDS = tuple(field for field in FIELDS if field.numeric)
-TEXT_FIELDS = tuple(field for field in FIELDS if field.kind is str)
+FORM_NUMERIC_FIELDS = tuple(field for field in NUMERIC_FIELDS if field.form)
+FORM_TEXT_FIELDS = tuple(field for field in FIELDS if field.kind is str and field.form)
 CHOICE_FIELDS = tuple(field for field in FIELDS if field.choices)
-# Fields a dropped PNG's recipe restores, in the order the restore handler returns them.
-RESTORED_FIELDS = tuple(field.name for field in FIELDS if field.restore)
-# Fields every door fills in when left out (the prompt is required; the reference image has no default).
-DOOR_FIELDS = tuple(field.name for field in FIELDS if field.name not in ("prompt", "reference_image"))
+IMAGE_FIELDS = tuple(field for field in FIELDS if field.kind is object)
+# Fields a dropped PNG's recipe restores on the form, in the order the restore handler returns them.
+RESTORED_FIELDS = tuple(field.name for field in FIELDS if field.restore and field.form)
+# Fields every door fills in when left out (the prompt is required; images have no default).
+DOOR_FIELDS = tuple(field.name for field in FIELDS if field.name != "prompt" and field.kind is not object)
 DOOR_DEFAULTS: dict[str, Any] = {name: FIELD_BY_NAME[name].default for name in DOOR_FIELDS}
 SIZE_MULTIPLE = 16
 
@@ -102,6 +117,8 @@ def field_range(name: str, settings: Settings) -> tuple[float, float]:
     """(low, high) a door accepts for numeric field `name`; the seed also takes RANDOM_SEED."""
     if name in ("width", "height"):
         return settings.min_size, settings.max_size
+    if FIELD_BY_NAME[name].value_range is not None:
+        return FIELD_BY_NAME[name].value_range
     low, high = door_limits(settings).range(name)
     return (RANDOM_SEED, high) if name == "seed" else (low, high)
 

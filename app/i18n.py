@@ -133,6 +133,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "LoRA {name!r} was not found in {folder}. Available: {available}.",
         "zh": "在 {folder} 中找不到 LoRA {name!r}。可用：{available}。",
     },
+    "multipart_required": {
+        "en": "POST /v1/images/edits takes multipart/form-data (image and mask files, prompt, n, size), as OpenAI's "
+        "images.edit sends it; got {content_type!r}.",
+        "zh": "POST /v1/images/edits 需要 multipart/form-data（image 与 mask 文件、prompt、n、size），与 OpenAI 的 "
+        "images.edit 相同；收到的是 {content_type!r}。",
+    },
+    "invalid_form": {
+        "en": "The multipart form is invalid ({field}): {detail}",
+        "zh": "multipart 表单无效（{field}）：{detail}",
+    },
+    "controlnet_not_found": {
+        "en": "ControlNet {name!r} ({field}) was not found in {folder}. Available: {available}.",
+        "zh": "在 {folder} 中找不到 ControlNet {name!r}（{field}）。可用：{available}。",
+    },
     "lora_duplicate": {
         "en": "LoRA {name!r} is chosen more than once. Choose it once and set its strength instead.",
         "zh": "LoRA {name!r} 被选择了不止一次。请只选一次，并用它的强度调节效果。",

@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 
 import model
 from app import __version__ as APP_VERSION
+from app.control import control_recipe
 from app.fields import FIELDS
 from model.request import GenerationRequest
 from model.sampling.catalog import SAMPLERS
@@ -28,7 +29,8 @@ def build_recipe(request: GenerationRequest, seed: int, index: int, engine_info:
     Every field of app.fields is recorded under its name (fields that need a reference image only with one);
     `seed` is this image's own seed, `batch_seed` the request's."""
     fields = {field.name: getattr(request, field.name) if reference or not field.with_reference_only else None
-              for field in FIELDS if field.name != "reference_image"}
+              for field in FIELDS if field.kind is not object}
+    fields.update(control_recipe(request))
     return {
         "format": RECIPE_FORMAT,
         **fields,
@@ -61,6 +63,12 @@ def parameters_text(recipe: dict[str, Any]) -> str:
         pairs.append(("Seed variety", recipe["seed_variety"]))
     if recipe.get("reference_image"):
         pairs.append(("Denoising strength", recipe["strength"]))
+    if recipe.get("mask"):
+        pairs.append(("Inpaint", "mask"))
+    if recipe.get("controlnet"):
+        # A1111's ControlNet extension writes its units this way; tools that read it show the settings.
+        pairs.append(("ControlNet", f'"Module: {recipe["control_mode"]}, Model: {recipe["controlnet"]}, '
+                                    f'Weight: {recipe["control_scale"]}"'))
     if recipe.get("loras"):
         hashes = ", ".join(f"{l['name']}: {l['sha256'][:12]}" for l in recipe["loras"])
         pairs.append(("Lora hashes", f'"{hashes}"'))

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import auth
+from app.edits import EDITS_PATH
 from app.errors import ServiceError
 from app.i18n import language_from_header
 from app.settings import Settings
@@ -43,8 +44,9 @@ WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Gradio's multipart routes (file upload, screen recording): not JSON, and they carry no file references.
 MULTIPART_POSTS = frozenset({"/gradio_api/upload", "/gradio_api/process_recording"})
-# POST bodies that are not JSON by design: those, and the browser login form.
-NON_JSON_POSTS = MULTIPART_POSTS | {auth.LOGIN_PATH}
+# POST bodies that are not JSON by design: those, the browser login form and OpenAI's multipart image edits
+# (which carry image bytes, never server paths; Host, Origin and the API key still apply to all of them).
+NON_JSON_POSTS = MULTIPART_POSTS | {auth.LOGIN_PATH, EDITS_PATH}
 OPEN_PATHS = frozenset({"/health/live", auth.LOGIN_PATH, auth.LOGOUT_PATH})
 # Read-only state that local tools poll without the key (setup script, Docker HEALTHCHECK, a local Prometheus);
 # from any other client address they need the key like everything else.

@@ -12,7 +12,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, api, health, security, stream
+from app import __version__, api, edits, health, security, stream
 from app.engine_loader import EngineFactory, engine_factory
 from app.service import STOP_MARGIN_SECONDS, GenerationService
 from app.settings import Settings
@@ -79,6 +79,7 @@ def build_app(settings: Settings, load_engine: EngineFactory | None = None) -> F
     # Our routes first: the Gradio mount at "/" would otherwise shadow them.
     app.include_router(health.build_router(service))
     app.include_router(api.build_router(service))
+    app.include_router(edits.build_edits_router(service))
     app.include_router(stream.build_stream_router(service))
     # Static: Gradio serves the output folder's PNGs (results, history) from where they are instead of
     # copying each into its cache.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import logging
 import secrets
 import threading
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from app.control import image_summary
 from app.device_errors import free_device_memory, is_fatal_device_error, is_out_of_memory
 from app.engine_loader import EngineFactory
 from app.errors import ServiceError, queue_full
@@ -380,9 +380,5 @@ class GenerationService:
 
 def _reference_summary(request: GenerationRequest) -> dict | None:
     """What the recipe records about a reference image: its size and a hash of its pixels."""
-    image = request.reference_image
-    if image is None:
-        return None
-    digest = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
-    return {"used": True, "width": image.width, "height": image.height, "sha256": digest,
-            "strength": request.strength}
+    summary = image_summary(request.reference_image)
+    return None if summary is None else {**summary, "strength": request.strength}

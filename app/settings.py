@@ -59,6 +59,7 @@ class Settings:
     # empty = one tiny generation.
     warmup_sizes: str = ""
     lora_dir: Path = Path("loras")
+    controlnet_dir: Path = Path("controlnets")
     queue_size: int = 8
     watchdog_seconds: float = 600.0
     min_size: int = 256

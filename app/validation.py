@@ -14,6 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from app.errors import ServiceError, out_of_range
 from app.fields import CHOICE_FIELDS, NUMERIC_FIELDS, SIZE_MULTIPLE, door_name, field_range
 from app.settings import Settings
+from model.control.validation import validate_control
+from model.errors import InvalidRequestError
 from model.images import MAX_CROP_RATIO, crop_ratio
 from model.request import GenerationRequest
 
@@ -62,8 +64,8 @@ def check_prompt_tokens(field: str, text: str, limit: int, count_tokens: Callabl
 
 def check_request(request: GenerationRequest, settings: Settings, door: str = "gradio") -> None:
     """Text checks of both prompts, then range checks for every numeric field (the engine's limits narrowed by
-    the settings), the choice fields' values and the reference image's shape; the first violation is raised,
-    named as `door` calls it."""
+    the settings), the choice fields' values, the reference image's shape and the engine's control/mask
+    checks; the first violation is raised, named as `door` calls it."""
     for name in PROMPT_FIELDS:
         check_prompt_text(name, getattr(request, name), settings)
     for field in NUMERIC_FIELDS:
@@ -81,6 +83,10 @@ def check_request(request: GenerationRequest, settings: Settings, door: str = "g
     if request.reference_image is not None:
         check_reference_shape(request.reference_image.size, (request.width, request.height),
                               door_name("reference_image", door))
+    try:  # the engine's own checks of the mask and control fields, before the job waits in the queue
+        validate_control(request)
+    except InvalidRequestError as err:
+        raise ServiceError("invalid_value", field=door_name(err.field, door), detail=str(err)) from None
 
 
 def check_reference_shape(size: tuple[int, int], target: tuple[int, int], field: str) -> None:
@@ -110,8 +116,9 @@ def decode_base64_image(text: str, settings: Settings, field: str = "image") -> 
     return decode_image_bytes(data, settings, field)
 
 
-def decode_image_bytes(data: bytes, settings: Settings, field: str = "image") -> Image.Image:
-    """Open an uploaded image safely: size in bytes, then pixel count from the header, then decode."""
+def decode_image_bytes(data: bytes, settings: Settings, field: str = "image", mode: str = "RGB") -> Image.Image:
+    """Open an uploaded image safely: size in bytes, then pixel count from the header, then decode (to `mode`:
+    "RGBA" keeps the transparency an OpenAI edit mask is made of)."""
     if len(data) > settings.max_upload_bytes:
         raise ServiceError("upload_too_large", status=413, field=field, size=len(data),
                            limit=settings.max_upload_bytes)
@@ -130,7 +137,7 @@ def decode_image_bytes(data: bytes, settings: Settings, field: str = "image") ->
         raise _too_many_pixels(field, int(found.group(1)) if found else "?", settings) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ServiceError("not_an_image", field=field) from None
-    return image.convert("RGB")
+    return image.convert(mode)
 
 
 def _too_many_pixels(field: str, pixels: object, settings: Settings) -> ServiceError:

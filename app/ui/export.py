@@ -7,17 +7,22 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from app.fields import DOOR_DEFAULTS, FIELDS, FORM_FIELDS, NUMERIC_FIELDS
+from app.fields import DOOR_DEFAULTS, FIELD_BY_NAME, FIELDS, FORM_FIELDS, NUMERIC_FIELDS
 from app.ui.slots import MAX_UI_LORAS, SLOT_DEFAULTS, SLOT_PARAMETERS, filled_slots, slot_values
 
 API_NAME = "generate"
 REFERENCE_FILE = "reference.png"
+# The files a snippet expects next to it for each image field that was used (a recipe keeps only a summary).
+IMAGE_FILES = {"reference_image": REFERENCE_FILE, "mask": "mask.png", "control_image": "control.png"}
 # Order = the Gradio endpoint's positional inputs (the UI handler's parameters): the field table, then the slots.
 GRADIO_PARAMETERS = (*FORM_FIELDS, *SLOT_PARAMETERS)
+# Table fields the Gradio form does not take (yet): only the REST snippets carry them.
+REST_ONLY_FIELDS = tuple(field.name for field in FIELDS if not field.form)
 DEFAULTS: dict[str, Any] = {**DOOR_DEFAULTS, **SLOT_DEFAULTS}
-# REST fields the snippets pass as OpenAI arguments (prompt=, n=) or as a file (image), not in extra_body.
-OPENAI_ARGUMENTS = ("prompt", "batch_size", "reference_image")
-EXTRA_BODY_FIELDS = tuple(field for field in FIELDS if field.rest and field.name not in OPENAI_ARGUMENTS)
+# REST fields the snippets pass as OpenAI arguments (prompt=, n=) or as files (the images), not in extra_body.
+OPENAI_ARGUMENTS = ("prompt", "batch_size")
+EXTRA_BODY_FIELDS = tuple(field for field in FIELDS
+                          if field.rest and field.kind is not object and field.name not in OPENAI_ARGUMENTS)
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,30 @@ def snippets_for(params: dict[str, Any], base_url: str) -> Snippets:
 
 def normalize(params: dict[str, Any]) -> dict[str, Any]:
     """Recipe or form dict -> the endpoint's parameter names with defaults filled in."""
-    values = {name: DEFAULTS.get(name) if params.get(name) is None else params[name] for name in GRADIO_PARAMETERS}
+    values = {name: DEFAULTS.get(name) if params.get(name) is None else params[name]
+              for name in (*GRADIO_PARAMETERS, *REST_ONLY_FIELDS)}
     if params.get("batch_size") is None and params.get("n") is not None:
         values["batch_size"] = params["n"]
-    values["reference_image"] = bool(params.get("reference_image"))
+    for name in IMAGE_FILES:  # a recipe's summary, a form's upload or a flag: whether the image was used
+        values[name] = bool(params.get(name))
     values["loras"] = lora_set(params)
     values.update(slot_values(values["loras"]))
     for field in NUMERIC_FIELDS:
         values[field.name] = field.kind(values[field.name])
     return values
+
+
+def used_files(values: dict[str, Any]) -> dict[str, str]:
+    """REST name -> file name of each image the snippet sends (the user keeps them next to it)."""
+    return {FIELD_BY_NAME[name].rest: file for name, file in IMAGE_FILES.items() if values[name]}
+
+
+def rest_only_note(values: dict[str, Any]) -> list[str]:
+    """A comment for the Gradio snippets when the recipe uses fields the Gradio form does not take."""
+    if not values["controlnet"] and not values["mask"] and not values["control_image"]:
+        return []
+    return ["# The ControlNet and mask settings are not inputs of the Gradio API: the REST and OpenAI snippets "
+            "carry them."]
 
 
 def lora_set(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,7 +88,7 @@ def slots_note(values: dict[str, Any]) -> list[str]:
 
 
 def python_snippet(values: dict[str, Any], base_url: str) -> str:
-    lines = [*slots_note(values), "from gradio_client import Client, handle_file", "",
+    lines = [*slots_note(values), *rest_only_note(values), "from gradio_client import Client, handle_file", "",
              f"client = Client({base_url + '/'!r})", "status, images, details = client.predict("]
     for name in GRADIO_PARAMETERS:
         if name == "reference_image":
@@ -90,7 +110,7 @@ def curl_gradio_snippet(values: dict[str, Any], base_url: str) -> str:
         else:
             data.append(values[name])
     body = json.dumps({"data": data}, ensure_ascii=False)
-    lines = [*slots_note(values), f"URL={base_url}"]
+    lines = [*slots_note(values), *rest_only_note(values), f"URL={base_url}"]
     if values["reference_image"]:
         lines.append(f'FILE_PATH=$(curl -s -F "files=@{REFERENCE_FILE}" "$URL/gradio_api/upload" '
                      "| awk -F'\"' '{print $2}')")
@@ -114,7 +134,8 @@ def rest_body(values: dict[str, Any]) -> dict[str, Any]:
 def openai_extras(values: dict[str, Any]) -> dict[str, Any]:
     """The REST body's fields beyond OpenAI's own (what the openai SDK sends as extra_body)."""
     extras = {field.rest: values[field.name] for field in EXTRA_BODY_FIELDS
-              if values["reference_image"] or not field.with_reference_only}
+              if (values["reference_image"] or not field.with_reference_only)
+              and (values["controlnet"] or not field.with_controlnet_only) and values[field.name] is not None}
     if values["loras"]:
         extras["loras"] = values["loras"]
     return extras
@@ -125,10 +146,12 @@ def curl_rest_snippet(values: dict[str, Any], base_url: str) -> str:
     decode = ("python3 -c 'import sys, json, base64\n"
               "for i, item in enumerate(json.load(sys.stdin)[\"data\"]):\n"
               "    open(f\"z-image-{i}.png\", \"wb\").write(base64.b64decode(item[\"b64_json\"]))'")
-    if values["reference_image"]:
+    files = used_files(values)
+    if files:
         # Unquoted here-document so $(base64 ...) runs; escape what the shell would expand in the prompt.
         escaped = body[:-1].replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
-        payload = f'{escaped}, "image": "$(base64 -w0 {REFERENCE_FILE})"}}'
+        images = "".join(f', "{rest}": "$(base64 -w0 {file})"' for rest, file in files.items())
+        payload = f"{escaped}{images}}}"
         return (f'curl -s "{base_url}/v1/images/generations" -H "Content-Type: application/json" '
                 f"-d @- <<EOF | {decode}\n{payload}\nEOF\n")
     return (f'curl -s "{base_url}/v1/images/generations" -H "Content-Type: application/json" \\\n'
@@ -140,8 +163,8 @@ def openai_snippet(values: dict[str, Any], base_url: str) -> str:
     lines = ["import base64", "", "from openai import OpenAI", "",
              f"client = OpenAI(base_url={base_url + '/v1'!r}, api_key='not-needed')",
              f"extra_body = {extras!r}"]
-    if values["reference_image"]:
-        lines.append(f"extra_body['image'] = base64.b64encode(open({REFERENCE_FILE!r}, 'rb').read()).decode()")
+    for rest, file in used_files(values).items():
+        lines.append(f"extra_body[{rest!r}] = base64.b64encode(open({file!r}, 'rb').read()).decode()")
     lines += ["response = client.images.generate(",
               "    model='z-image-turbo',",
               f"    prompt={values['prompt']!r},",

@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
-from app.fields import DOOR_DEFAULTS, NUMERIC_FIELDS, RESTORED_FIELDS, TEXT_FIELDS
+from app.fields import DOOR_DEFAULTS, FORM_NUMERIC_FIELDS, FORM_TEXT_FIELDS, RESTORED_FIELDS
 from app.ui.export_auth import with_api_key
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
@@ -100,8 +100,9 @@ class UiHandlers:
         path = image.get("path") if isinstance(image, dict) else image
         upload = trusted_upload(path, "reference_image", self.settings.output_dir) if path else None
         reference = open_uploaded_file(str(upload), self.settings) if upload else None
-        numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in NUMERIC_FIELDS}
-        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name, "")) for field in TEXT_FIELDS}
+        numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in FORM_NUMERIC_FIELDS}
+        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name, ""))
+                 for field in FORM_TEXT_FIELDS}
         return GenerationRequest(**texts, **numbers, reference_image=reference,
                                  loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 

@@ -14,7 +14,7 @@ TEST_QUEUE_SIZE = 6
 def make_settings(tmp: Path, **changes) -> Settings:
     """configs/app.toml defaults with test folders and small limits (CPU, tiny model)."""
     base = load_settings({})
-    values = dict(output_dir=tmp / "outputs", lora_dir=tmp / "loras", dtype="float32", device="cpu",
+    values = dict(output_dir=tmp / "outputs", lora_dir=tmp / "loras", controlnet_dir=tmp / "controlnets", dtype="float32", device="cpu",
                   min_size=128, max_size=512, queue_size=TEST_QUEUE_SIZE, max_upload_bytes=2_000_000,
                   max_upload_pixels=1024 * 1024, shutdown_grace_seconds=2.0)
     values.update(changes)

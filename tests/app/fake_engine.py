@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
+from model.control.validation import validate_control
 from model.errors import InvalidRequestError
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest, GenerationResult, StepCallback, StepProgress
 
@@ -22,8 +24,10 @@ def estimate_colour(seed: int, step: int, total: int) -> tuple[int, int, int]:
 
 
 class FakeEngine:
-    """Paints each image a colour derived from its seed; sleeps `step_seconds` per step. Like the real
-    engine, every StepProgress carries a `preview` that renders small images (1/8 of the size) on call."""
+    """Paints each image a colour derived from its seed; sleeps `step_seconds` per step. Like the real engine,
+    every StepProgress carries a `preview` that renders small images (1/8 of the size) on call, and control and
+    mask fields are refused the way the engine refuses them (model.control.validation, a ControlNet file that
+    must exist)."""
 
     def __init__(self, step_seconds: float = 0.0):
         self.step_seconds = step_seconds
@@ -35,6 +39,9 @@ class FakeEngine:
             raise InvalidRequestError("width and height must be multiples of 16", field="width")
         if request.prompt == "raise-runtime-error":
             raise RuntimeError("simulated engine failure")
+        validate_control(request)  # the engine's own mask / control checks (pure PIL, no weights)
+        if request.controlnet is not None and not Path(request.controlnet).is_file():
+            raise InvalidRequestError(f"controlnet file {request.controlnet} cannot be read", field="controlnet")
         self.calls.append(request)
         seeds = [request.seed + i for i in range(request.batch_size)]
         small = (max(1, request.width // 8), max(1, request.height // 8))

@@ -20,15 +20,16 @@ from model.request import ENGINE_LIMITS, RANGED_FIELDS, GenerationRequest
 
 def test_every_field_is_a_request_field_and_a_gradio_parameter_in_table_order():
     request_fields = {f.name for f in dataclasses.fields(GenerationRequest)}
-    assert set(FORM_FIELDS) <= request_fields
-    assert GRADIO_PARAMETERS[:len(FIELDS)] == FORM_FIELDS
-    assert {f.name for f in NUMERIC_FIELDS} == set(RANGED_FIELDS) | {"width", "height"}
+    assert {f.name for f in FIELDS} <= request_fields
+    assert GRADIO_PARAMETERS[:len(FORM_FIELDS)] == FORM_FIELDS
+    own_ranges = {f.name for f in NUMERIC_FIELDS if f.value_range is not None}  # control_scale
+    assert {f.name for f in NUMERIC_FIELDS} == set(RANGED_FIELDS) | {"width", "height"} | own_ranges
 
 
 def test_rest_model_has_every_field_under_its_rest_name_with_the_engines_default():
     body = ImagesRequest(prompt="x")
     for field in FIELDS:
-        if field.rest and field.name not in ("prompt", "reference_image"):
+        if field.rest and field.name != "prompt" and field.kind is not object:
             assert getattr(body, field.rest) == DOOR_DEFAULTS[field.name], field.name
     assert body.n == GenerationRequest.batch_size and body.guidance_scale == GenerationRequest.guidance
 
@@ -47,11 +48,13 @@ def test_recipe_records_and_restore_reads_every_field():
 
 
 def test_snippets_carry_every_rest_field():
-    values = normalize({"prompt": "p", "reference_image": True})
+    values = normalize({"prompt": "p", "reference_image": True, "controlnet": "net"})
     extras = openai_extras(values)
     for field in FIELDS:
-        if field.rest and field.name not in ("prompt", "batch_size", "reference_image"):
-            assert extras[field.rest] == DOOR_DEFAULTS[field.name], field.name
+        # The images travel as files next to the snippet (app.ui.export.IMAGE_FILES), not in extra_body.
+        if field.rest and field.kind is not object and field.name not in ("prompt", "batch_size"):
+            expected = "net" if field.name == "controlnet" else DOOR_DEFAULTS[field.name]
+            assert extras[field.rest] == expected, field.name
     assert "strength" not in openai_extras(normalize({"prompt": "p"}))
 
 
