@@ -17,7 +17,7 @@ from PIL import Image
 from app.metadata import read_recipe
 from app_helpers import make_settings
 from fake_engine import FakeEngine
-from live_server import LiveServer, start_server
+from live_server import LiveServer, running, start_server
 
 MCP_PATH = "/gradio_api/mcp/"
 
@@ -25,12 +25,8 @@ MCP_PATH = "/gradio_api/mcp/"
 @pytest.fixture(scope="module")
 def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     settings = make_settings(tmp_path_factory.mktemp("mcp"), mcp_server=True, warmup=False)
-    live = start_server(settings, FakeEngine)
-    try:
-        live.wait_ready()
+    with running(settings, FakeEngine) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def with_session(server: LiveServer, action):

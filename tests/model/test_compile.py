@@ -9,7 +9,8 @@ import torch
 from model.runtime.compile import compile_repeated_blocks, compile_transformer
 from model.loading.transformer import load_transformer
 from model.memory.fp8 import quantize_linears_fp8
-from tests.model.tiny_transformer import random_state_dict, tiny_config, tiny_inputs, write_hf_transformer
+from tests.model.tiny_transformer import (CountingBackend, random_state_dict, tiny_config, tiny_inputs,
+                                         write_hf_transformer)
 
 
 def test_compiled_blocks_keep_names_and_outputs(tmp_path):
@@ -48,17 +49,6 @@ def tiny_folder(tmp_path_factory):
                                 random_state_dict(config)), config
 
 
-class _CountingBackend:
-    """A torch.compile backend that runs the captured graph eagerly and counts compilations."""
-
-    def __init__(self):
-        self.compilations = 0
-
-    def __call__(self, graph_module, _example_inputs):
-        self.compilations += 1
-        return graph_module.forward
-
-
 @pytest.mark.parametrize("variant", ["plain", "fused", "fused-fp8-gemm"])
 def test_transformer_step_is_one_graph_without_breaks(tiny_folder, variant):
     """Different caption lengths in one batch (key masks) are the hardest case: still one graph."""
@@ -84,7 +74,7 @@ def test_compiled_step_compiles_once_per_request_and_matches_eager(tmp_path):
     with torch.inference_mode():
         context = model.prepare_context(captions)
         expected = [model(latents, torch.tensor([t]), context=context)[0] for t in steps]
-        backend = _CountingBackend()
+        backend = CountingBackend()
         compile_transformer(model, backend=backend)
         context = model.prepare_context(captions)  # a new request
         got = [model(latents, torch.tensor([t]), context=context)[0] for t in steps]
@@ -97,7 +87,7 @@ def test_second_caption_length_makes_every_caption_length_reuse_the_graph(tmp_pa
     config = tiny_config()
     folder = write_hf_transformer(tmp_path / "transformer", config, random_state_dict(config))
     model = load_transformer(folder, dtype=torch.float32)
-    backend = _CountingBackend()
+    backend = CountingBackend()
     compile_transformer(model, backend=backend)
     counts = []
     with torch.inference_mode():
@@ -112,7 +102,7 @@ def test_lora_hook_added_after_compiling_is_not_ignored(tmp_path):
     config = tiny_config()
     folder = write_hf_transformer(tmp_path / "transformer", config, random_state_dict(config))
     model = load_transformer(folder, dtype=torch.float32)
-    compile_transformer(model, backend=_CountingBackend())
+    compile_transformer(model, backend=CountingBackend())
     latents, captions = tiny_inputs(config, [(8, 8)], [7])
     with torch.inference_mode():
         before = model(latents, torch.tensor([0.5]), captions)[0]
@@ -129,7 +119,7 @@ def test_compile_transformer_refuses_bad_mode_a_second_compile_and_streamed(tmp_
     model = load_transformer(write_hf_transformer(tmp_path / "t", config, random_state_dict(config)))
     with pytest.raises(ValueError, match="unknown compile mode"):
         compile_transformer(model, mode="fastest")
-    compile_transformer(model, backend=_CountingBackend())
+    compile_transformer(model, backend=CountingBackend())
     with pytest.raises(ValueError, match="compiled already"):
         compile_transformer(model)
     streamed = torch.nn.Module()

@@ -10,17 +10,9 @@ from model.engine import Engine
 from model.memory.fp8 import Float8Linear
 from model.request import GenerationRequest
 from model.runtime.compile import compile_transformer
+from tests.model.tiny_transformer import CountingBackend
 
 SIZE = dict(width=64, height=64, steps=2, seed=3)
-
-
-class _CountingBackend:
-    def __init__(self):
-        self.compilations = 0
-
-    def __call__(self, graph_module, _example_inputs):
-        self.compilations += 1
-        return graph_module.forward
 
 
 def _engine(tiny_model_dir, **options) -> Engine:
@@ -38,7 +30,7 @@ def test_fused_projections_give_the_same_image(tiny_model_dir):
 
 def test_warmup_for_a_size_leaves_nothing_to_compile_for_any_prompt(tiny_model_dir):
     engine = _engine(tiny_model_dir)
-    backend = _CountingBackend()
+    backend = CountingBackend()
     compile_transformer(engine.transformer, backend=backend)
     engine.warmup(sizes=[(64, 64)])
     warmed = backend.compilations

@@ -96,3 +96,14 @@ def tiny_inputs(config: TransformerConfig, latent_hw: list[tuple[int, int]], cap
     latents = [torch.randn(config.in_channels, 1, h, w, generator=gen) for h, w in latent_hw]
     captions = [torch.randn(length, config.cap_feat_dim, generator=gen) for length in caption_lengths]
     return latents, captions
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the captured graph eagerly and counts compilations."""
+
+    def __init__(self):
+        self.compilations = 0
+
+    def __call__(self, graph_module, _example_inputs):
+        self.compilations += 1
+        return graph_module.forward
