@@ -29,14 +29,16 @@ from app.jobs import Job
 from app.service import GenerationService
 from app.settings import Settings
 from app.validation import decode_image_bytes
+from model.request import MASK_KEEP, MASK_REPAINT
 
 EDITS_PATH = "/v1/images/edits"
 # Form file fields -> our field (the SDK names a list of images "image[]"; this server edits one image).
-FILE_FIELDS = {"image": "reference_image", "image[]": "reference_image", "mask": "mask"}
+# OpenAI's two files, and our control image as a file too (a base64 text field is capped like a prompt).
+FILE_FIELDS = {"image": "reference_image", "image[]": "reference_image", "mask": "mask",
+               "control_image": "control_image"}
 EDIT_STRENGTH = 1.0  # with a mask: the edited area is generated anew (see the module doc)
 MAX_FORM_FIELDS = 64  # text fields: every REST field fits many times over
 MAX_CHARS_PER_FIELD = 4  # UTF-8 bytes per prompt character at most
-KEEP, REPAINT = 0, 255  # our mask: black keeps the picture, white is repainted
 
 
 def build_edits_router(service: GenerationService) -> APIRouter:
@@ -62,11 +64,12 @@ def build_edits_router(service: GenerationService) -> APIRouter:
 
 
 async def read_form(headers: Headers, raw: bytes, settings: Settings) -> tuple[dict[str, str], dict[str, bytes]]:
-    """(text fields, file field -> bytes) of a bounded multipart body; at most one image and one mask."""
+    """(text fields, file field -> bytes) of a bounded multipart body; at most one image, one mask and one
+    control image."""
     async def stream() -> AsyncIterator[bytes]:
         yield raw
 
-    parser = MultiPartParser(headers, stream(), max_files=2, max_fields=MAX_FORM_FIELDS,
+    parser = MultiPartParser(headers, stream(), max_files=len(set(FILE_FIELDS.values())), max_fields=MAX_FORM_FIELDS,
                              max_part_size=settings.max_prompt_chars * MAX_CHARS_PER_FIELD + 1024)
     try:
         form = await parser.parse()
@@ -79,7 +82,8 @@ async def read_form(headers: Headers, raw: bytes, settings: Settings) -> tuple[d
             if isinstance(value, UploadFile):
                 name = FILE_FIELDS.get(key)
                 if name is None:
-                    raise ServiceError("invalid_form", field=key, detail="only image and mask may be files")
+                    raise ServiceError("invalid_form", field=key, detail="only image, mask and control_image may be "
+                                                                               "files")
                 if name in files:
                     raise ServiceError("invalid_form", field=key, detail="send one image; this server edits one "
                                                                          "image per request")
@@ -108,6 +112,8 @@ def submit_edit(service: GenerationService, texts: dict[str, str],
         texts = {**texts, "strength": str(EDIT_STRENGTH)}
     body = parse_body(texts)
     images = {**decode_images(body, settings), "reference_image": image.convert("RGB"), "mask": mask}
+    if "control_image" in files:
+        images["control_image"] = decode_image_bytes(files["control_image"], settings, "control_image")
     return service.submit(build_request(body, settings, images), door="rest"), body
 
 
@@ -118,5 +124,5 @@ def has_transparency(rgba: Image.Image) -> bool:
 
 def repaint_mask(rgba: Image.Image) -> Image.Image:
     """OpenAI's mask (alpha 0 = edit) as ours: white where alpha is 0, black everywhere else."""
-    return rgba.getchannel("A").point(lambda value: REPAINT if value == 0 else KEEP)
+    return rgba.getchannel("A").point(lambda value: MASK_REPAINT if value == 0 else MASK_KEEP)
 

@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+MASK_KEEP, MASK_REPAINT = 0, 255  # the mask's gray levels (every door converts its own mask form to these)
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """One LoRA to apply for a request: a safetensors file and its strength (negative allowed)."""
@@ -40,7 +43,8 @@ class GenerationRequest:
     loras: tuple[LoraSpec, ...] = ()
     sampler: str = "euler"  # a key of model.sampling.catalog.SAMPLERS
     seed_variety: float = 0.0  # x the prompt embedding's std, on the early steps (model.sampling.seed_variety)
-    # Inpainting: white = repaint, same size as reference_image (model.control.inpaint).
+    # Inpainting: MASK_REPAINT (white) = repaint, MASK_KEEP (black) = keep; the size of reference_image
+    # (model.control.inpaint).
     mask: "Image.Image | None" = None
     # ControlNet Union (model.network.controlnet): a .safetensors path, the control image, how to turn it
     # into a control map (model.control.preprocess.CONTROL_MODES) and one scale for every hint.

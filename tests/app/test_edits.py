@@ -94,6 +94,21 @@ def test_an_opaque_image_without_mask_is_a_reference_and_fields_override(fake_se
     assert (request.strength, request.seed, request.batch_size) == (0.5, 11, 2)
 
 
+def test_a_control_image_may_be_sent_as_a_file(fake_server: LiveServer):
+    folder = fake_server.service.settings.controlnet_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "union-2.1.safetensors").write_bytes(b"a ControlNet file")
+    # Larger than a text field may be (max_prompt_chars x 4 bytes): as a file it is bounded like the image.
+    control = Image.effect_noise((256, 256), 90).convert("RGB")
+    assert len(png(control)) > fake_server.service.settings.max_prompt_chars * 4
+    response = post(fake_server, {"image": ("i.png", picture()), "control_image": ("c.png", png(control))},
+                    {"prompt": "edges", "controlnet": "union-2.1", "control_mode": "canny"})
+    assert response.status_code == 200, response.text
+    request = last_call(fake_server)
+    assert request.control_image.size == (256, 256) and request.control_mode == "canny"
+    assert np.array_equal(np.asarray(request.control_image), np.asarray(control))
+
+
 BAD_EDITS = [
     ("mask of another size", {"image": ("i.png", picture()), "mask": ("m.png", openai_mask((64, 64)))},
      {"prompt": "x"}, 400, "mask"),
