@@ -50,15 +50,14 @@ def test_previews_change_before_the_final_image(browser, fake_server: LiveServer
     deadline = time.monotonic() + 60
     while "Done" not in page.locator("#status").inner_text():
         assert time.monotonic() < deadline, "the job did not finish"
-        first = page.locator("#gallery img").first
-        caption = page.locator("#gallery").inner_text()
-        if first.count() and "preview" in caption:
-            src = first.get_attribute("src")
-            if src and (not previews or previews[-1] != src):
-                previews.append(src)
+        # The first image and the captions in one read: apart, the final image could land between the two.
+        src, caption = page.locator("#gallery").evaluate(
+            "g => [g.querySelector('img')?.getAttribute('src') ?? null, g.innerText]")
+        if src and "preview" in caption and (not previews or previews[-1] != src):
+            previews.append(src)
         time.sleep(0.05)
     assert len(previews) >= 2, previews  # at least one preview replaced by a newer one before the end
-    assert all(src.endswith(".jpeg") for src in previews)
+    assert all(src.endswith(".jpeg") for src in previews), [src for src in previews if not src.endswith(".jpeg")]
     expect(page.locator("#gallery")).to_contain_text("seed ")
     final = page.locator("#gallery img").first.get_attribute("src")
     assert final not in previews and final.endswith(".png")
