@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.settings import Settings
+from model.control.preprocess import CONTROL_MODES
 from model.control.validation import MAX_CONTROL_SCALE
 from model.request import ENGINE_LIMITS, EngineLimits, GenerationRequest
 from model.sampling.catalog import SAMPLERS
@@ -32,7 +33,9 @@ class RequestField:
     kind: type  # int / float / str; object for an image (reference, mask, control image)
     rest: str | None  # REST / OpenAI body name; None: travels inside another field (width, height -> size)
     step: float | None = None  # slider step on the form (None: not a slider)
-    section: str = "main"  # "main": placed by app.ui.page; "advanced": the Advanced accordion, in table order
+    # "main": placed by app.ui.page; "advanced": the Advanced accordion, in table order; "control" / "inpaint":
+    # the Control and Inpaint accordions (app.ui.control_panel)
+    section: str = "main"
     label: str = ""  # app.ui.strings key of the label (default: the name)
     info: str | None = None  # app.ui.strings key of the help line
     elem_id: str = ""  # DOM id on the page (default: the name with dashes)
@@ -79,15 +82,17 @@ FIELDS: tuple[RequestField, ...] = (
     RequestField("sampler", str, rest="sampler", section="advanced", info="sampler_info", choices=tuple(SAMPLERS)),
     RequestField("seed_variety", float, rest="seed_variety", step=0.05, section="advanced",
                  info="seed_variety_info"),
-    # ControlNet and inpainting (app.control): the engine checks them (model.control.validation); the
-    # ControlNet is a file name in settings.controlnet_dir. Not yet inputs of the Gradio form.
-    RequestField("mask", object, rest="mask", restore=False, with_reference_only=True, form=False),
-    RequestField("controlnet", str, rest="controlnet", form=False),
-    RequestField("control_image", object, rest="control_image", restore=False, with_controlnet_only=True,
-                 form=False),
-    RequestField("control_mode", str, rest="control_mode", with_controlnet_only=True, form=False),
-    RequestField("control_scale", float, rest="control_scale", step=0.05, with_controlnet_only=True, form=False,
-                 value_range=(0.0, MAX_CONTROL_SCALE)),
+    # Inpainting and ControlNet (app.control): the engine checks them (model.control.validation). The mask
+    # (white = repaint) is drawn on the reference in the Inpaint accordion; the ControlNet is a file name in
+    # settings.controlnet_dir, picked in the Control accordion (app.ui.control_panel places both).
+    RequestField("mask", object, rest="mask", section="inpaint", restore=False, with_reference_only=True),
+    RequestField("controlnet", str, rest="controlnet", section="control", info="controlnet_info"),
+    RequestField("control_image", object, rest="control_image", section="control", restore=False,
+                 with_controlnet_only=True),
+    RequestField("control_mode", str, rest="control_mode", section="control", info="control_mode_info",
+                 with_controlnet_only=True, choices=CONTROL_MODES),
+    RequestField("control_scale", float, rest="control_scale", step=0.05, section="control",
+                 info="control_scale_info", with_controlnet_only=True, value_range=(0.0, MAX_CONTROL_SCALE)),
 )
 FIELD_BY_NAME = {field.name: field for field in FIELDS}
 FORM_FIELDS = tuple(field.name for field in FIELDS if field.form)

@@ -155,6 +155,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The LoRA could not be applied; the model is unchanged. {detail}",
         "zh": "无法应用该 LoRA，模型保持不变。原因（英文）：{detail}",
     },
+    "recipe_controlnet_missing": {
+        "en": "ControlNet {name!r} used for this image is not in the ControlNet folder ({folder}), so none is "
+        "chosen. Put the file back there (and the control image in the Control panel) to make the same image.",
+        "zh": "生成这张图片时使用的 ControlNet {name!r} 不在 ControlNet 文件夹（{folder}）中，已设为无。"
+        "请把该文件放回该文件夹（并在控制面板中放入控制图），才能生成相同的图片。",
+    },
     "recipe_lora_missing": {
         "en": "LoRA {name!r} used for this image is not in the LoRA folder ({folder}), so it was left out. "
         "Put the file back there to make the same image.",

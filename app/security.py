@@ -4,8 +4,8 @@
    (0.0.0.0 / ::) also any IP literal, since an attacker's rebinding name is never an IP literal.
 2. No remote fetches through Gradio's /file=<url> and /proxy= routes (this app never serves remote files).
 3. State-changing requests (POST, PUT, ...) from a browser page of another origin are refused unless that
-   origin is in `cors_origins`; their bodies must be JSON (except Gradio's upload and our login form), so a
-   `text/plain` form post from any web page cannot start a job without a preflight.
+   origin is in `cors_origins`; their bodies must be JSON (except Gradio's uploads, the image editor's strokes
+   and our login form), so a `text/plain` form post from any web page cannot start a job without a preflight.
 4. The API key (app.auth) when one is set; /health/live always stays open for the supervisor watchdog, and
    /health/ready and /metrics stay open to loopback clients (setup script, Docker HEALTHCHECK).
 5. Gradio JSON bodies: every file object must name a trusted upload (app.uploads) before Gradio reads it.
@@ -44,6 +44,9 @@ WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Gradio's multipart routes (file upload, screen recording): not JSON, and they carry no file references.
 MULTIPART_POSTS = frozenset({"/gradio_api/upload", "/gradio_api/process_recording"})
+# Gradio's component server takes multipart bodies too: the image editor (the inpainting mask) uploads its
+# strokes there as image bytes (bounded by max_file_size). JSON bodies to it are inspected like any other.
+BLOB_POSTS = frozenset({"/gradio_api/component_server", "/gradio_api/component_server/"})
 # POST bodies that are not JSON by design: those, the browser login form and OpenAI's multipart image edits
 # (which carry image bytes, never server paths; Host, Origin and the API key still apply to all of them).
 NON_JSON_POSTS = MULTIPART_POSTS | {auth.LOGIN_PATH, EDITS_PATH}
@@ -166,9 +169,9 @@ class SecurityMiddleware:
         if state_changing and origin is not None and not self.policy.origin_allowed(origin, host):
             return error_response(ServiceError("origin_not_allowed", status=403, field="Origin",
                                                origin=origin[:MAX_ECHO_CHARS]), lang)
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = _content_type(headers)
         if state_changing and scope["type"] == "http" and path not in NON_JSON_POSTS \
-                and content_type != "application/json":
+                and content_type != "application/json" and not _blob_upload(path, content_type):
             return error_response(ServiceError("json_required", status=415, field="Content-Type",
                                                content_type=content_type[:MAX_ECHO_CHARS]), lang)
         if self.policy.api_key and not self._open(scope) and not self._authorized(headers):
@@ -192,8 +195,9 @@ class SecurityMiddleware:
 
     @staticmethod
     def _inspects_body(scope: Scope) -> bool:
-        return scope["method"] not in SAFE_METHODS and scope["path"].startswith(GRADIO_PREFIX) \
-            and scope["path"] not in MULTIPART_POSTS
+        path = scope["path"]
+        return scope["method"] not in SAFE_METHODS and path.startswith(GRADIO_PREFIX) \
+            and path not in MULTIPART_POSTS and not _blob_upload(path, _content_type(Headers(scope=scope)))
 
     async def _checked_body(self, receive: Receive, lang: str) -> tuple[Response | None, Receive]:
         """Read the whole (bounded) body, refuse untrusted file objects, and hand the same bytes on."""
@@ -242,6 +246,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # afterwards: the client's disconnect, as the app expects
 
     return replay
+
+
+def _content_type(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _blob_upload(path: str, content_type: str) -> bool:
+    """A multipart body for the component server (image bytes, never server paths)."""
+    return path in BLOB_POSTS and content_type == "multipart/form-data"
 
 
 def _with_security_headers(send: Send) -> Send:

@@ -16,8 +16,6 @@ REFERENCE_FILE = "reference.png"
 IMAGE_FILES = {"reference_image": REFERENCE_FILE, "mask": "mask.png", "control_image": "control.png"}
 # Order = the Gradio endpoint's positional inputs (the UI handler's parameters): the field table, then the slots.
 GRADIO_PARAMETERS = (*FORM_FIELDS, *SLOT_PARAMETERS)
-# Table fields the Gradio form does not take (yet): only the REST snippets carry them.
-REST_ONLY_FIELDS = tuple(field.name for field in FIELDS if not field.form)
 DEFAULTS: dict[str, Any] = {**DOOR_DEFAULTS, **SLOT_DEFAULTS}
 # REST fields the snippets pass as OpenAI arguments (prompt=, n=) or as files (the images), not in extra_body.
 OPENAI_ARGUMENTS = ("prompt", "batch_size")
@@ -46,11 +44,12 @@ def snippets_for(params: dict[str, Any], base_url: str) -> Snippets:
 def normalize(params: dict[str, Any]) -> dict[str, Any]:
     """Recipe or form dict -> the endpoint's parameter names with defaults filled in."""
     values = {name: DEFAULTS.get(name) if params.get(name) is None else params[name]
-              for name in (*GRADIO_PARAMETERS, *REST_ONLY_FIELDS)}
+              for name in GRADIO_PARAMETERS}
     if params.get("batch_size") is None and params.get("n") is not None:
         values["batch_size"] = params["n"]
     for name in IMAGE_FILES:  # a recipe's summary, a form's upload or a flag: whether the image was used
         values[name] = bool(params.get(name))
+    values["controlnet"] = values["controlnet"] or None  # the form's "none" choice is ""
     values["loras"] = lora_set(params)
     values.update(slot_values(values["loras"]))
     for field in NUMERIC_FIELDS:
@@ -61,14 +60,6 @@ def normalize(params: dict[str, Any]) -> dict[str, Any]:
 def used_files(values: dict[str, Any]) -> dict[str, str]:
     """REST name -> file name of each image the snippet sends (the user keeps them next to it)."""
     return {FIELD_BY_NAME[name].rest: file for name, file in IMAGE_FILES.items() if values[name]}
-
-
-def rest_only_note(values: dict[str, Any]) -> list[str]:
-    """A comment for the Gradio snippets when the recipe uses fields the Gradio form does not take."""
-    if not values["controlnet"] and not values["mask"] and not values["control_image"]:
-        return []
-    return ["# The ControlNet and mask settings are not inputs of the Gradio API: the REST and OpenAI snippets "
-            "carry them."]
 
 
 def lora_set(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,11 +79,11 @@ def slots_note(values: dict[str, Any]) -> list[str]:
 
 
 def python_snippet(values: dict[str, Any], base_url: str) -> str:
-    lines = [*slots_note(values), *rest_only_note(values), "from gradio_client import Client, handle_file", "",
+    lines = [*slots_note(values), "from gradio_client import Client, handle_file", "",
              f"client = Client({base_url + '/'!r})", "status, images, details = client.predict("]
     for name in GRADIO_PARAMETERS:
-        if name == "reference_image":
-            value = f"handle_file({REFERENCE_FILE!r})" if values[name] else "None"
+        if name in IMAGE_FILES:
+            value = f"handle_file({IMAGE_FILES[name]!r})" if values[name] else "None"
         else:
             value = repr(values[name])
         lines.append(f"    {name}={value},")
@@ -105,22 +96,28 @@ def curl_gradio_snippet(values: dict[str, Any], base_url: str) -> str:
     """Two-step Gradio call; EVENT_ID=$(...) because `| read EVENT_ID` runs in a subshell in bash."""
     data = []
     for name in GRADIO_PARAMETERS:
-        if name == "reference_image":
-            data.append({"path": "$FILE_PATH", "meta": {"_type": "gradio.FileData"}} if values[name] else None)
+        if name in IMAGE_FILES:
+            variable = upload_variable(name)
+            data.append({"path": f"${variable}", "meta": {"_type": "gradio.FileData"}} if values[name] else None)
         else:
             data.append(values[name])
-    body = json.dumps({"data": data}, ensure_ascii=False)
-    lines = [*slots_note(values), *rest_only_note(values), f"URL={base_url}"]
-    if values["reference_image"]:
-        lines.append(f'FILE_PATH=$(curl -s -F "files=@{REFERENCE_FILE}" "$URL/gradio_api/upload" '
-                     "| awk -F'\"' '{print $2}')")
-        quoted = shlex.quote(body).replace('"$FILE_PATH"', "\"'\"$FILE_PATH\"'\"")
-    else:
-        quoted = shlex.quote(body)
+    quoted = shlex.quote(json.dumps({"data": data}, ensure_ascii=False))
+    lines = [*slots_note(values), f"URL={base_url}"]
+    for name, file in IMAGE_FILES.items():  # each image is uploaded first; the call names the upload's path
+        if values[name]:
+            variable = upload_variable(name)
+            lines.append(f'{variable}=$(curl -s -F "files=@{file}" "$URL/gradio_api/upload" '
+                         "| awk -F'\"' '{print $2}')")
+            quoted = quoted.replace(f'"${variable}"', f"\"'\"${variable}\"'\"")
     lines += [f'EVENT_ID=$(curl -s -X POST "$URL/gradio_api/call/{API_NAME}" '
               f'-H "Content-Type: application/json" -d {quoted} | awk -F\'"\' \'{{print $4}}\')',
               f'curl -sN "$URL/gradio_api/call/{API_NAME}/$EVENT_ID"']
     return "\n".join(lines) + "\n"
+
+
+def upload_variable(name: str) -> str:
+    """The shell variable holding the upload path of image field `name`: REFERENCE_IMAGE_PATH, MASK_PATH, ..."""
+    return f"{name.upper()}_PATH"
 
 
 def rest_body(values: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,17 @@ import gradio as gr
 from PIL import Image
 
 from app.errors import ServiceError
-from app.fields import DOOR_DEFAULTS, FORM_NUMERIC_FIELDS, FORM_TEXT_FIELDS, RESTORED_FIELDS
+from app.control import resolve_controlnet
+from app.fields import DOOR_DEFAULTS, FORM_NUMERIC_FIELDS, FORM_TEXT_FIELDS, IMAGE_FIELDS, RESTORED_FIELDS
 from app.ui.export_auth import with_api_key
 from app.i18n import language_from_header, translate
 from app.jobs import Job, JobState
 from app.loras import check_scale, list_lora_names, resolve_loras
 from app.metadata import read_recipe
+from app.redaction import public_path
 from app.service import EngineState, GenerationService
+from app.settings import Settings
+from app.ui.choices import NO_CONTROLNET, controlnet_choices
 from app.ui.export import GRADIO_PARAMETERS, snippets_for
 from app.ui.history_panel import HistoryPanel
 from app.ui.presets import preset_choices
@@ -53,10 +57,14 @@ def base_url(request: gr.Request | None) -> str:
 
 def with_api_signature(method: Callable[..., Iterator[tuple]]) -> Callable[..., Iterator[tuple]]:
     """Give `method(self, *values)` the signature Gradio reads for the public API: one parameter per
-    GRADIO_PARAMETERS entry (named and ordered by the field table), then lang, request and progress."""
+    GRADIO_PARAMETERS entry (named and ordered by the field table), then lang, request and progress.
+
+    Each defaults to None: gradio_client then treats an image left out (no initial value on the page) as
+    optional, so a script written before a new image field existed keeps working."""
     plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    parameters = [inspect.Parameter(name, plain) for name in ("self", *GRADIO_PARAMETERS, "lang")]
-    parameters += [inspect.Parameter("request", plain, annotation=gr.Request),
+    parameters = [inspect.Parameter("self", plain)]
+    parameters += [inspect.Parameter(name, plain, default=None) for name in (*GRADIO_PARAMETERS, "lang")]
+    parameters += [inspect.Parameter("request", plain, default=None, annotation=gr.Request),
                    inspect.Parameter("progress", plain, default=gr.Progress())]
     method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     method.__annotations__ = {"request": gr.Request}  # Gradio finds the gr.Request parameter by its type
@@ -94,16 +102,14 @@ class UiHandlers:
                 self.service.cancel(job)
 
     def _build_request(self, form: dict[str, Any]) -> GenerationRequest:
-        # preprocess=False: the image arrives as Gradio's raw FileData dict. Security hook: only Gradio's own
-        # uploads are opened (app.security already refused any other path in the HTTP body).
-        image = form["reference_image"]
-        path = image.get("path") if isinstance(image, dict) else image
-        upload = trusted_upload(path, "reference_image", self.settings.output_dir) if path else None
-        reference = open_uploaded_file(str(upload), self.settings) if upload else None
+        # preprocess=False: images arrive as Gradio's raw FileData dicts, read only when they are uploads or our
+        # own outputs (uploaded_image); the ControlNet is a name in the ControlNet folder, never a path.
+        images = {field.name: uploaded_image(form[field.name], field.name, self.settings) for field in IMAGE_FIELDS}
         numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in FORM_NUMERIC_FIELDS}
-        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name, ""))
+        texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name) or "")
                  for field in FORM_TEXT_FIELDS}
-        return GenerationRequest(**texts, **numbers, reference_image=reference,
+        texts["controlnet"] = resolve_controlnet(texts["controlnet"] or None, self.settings.controlnet_dir)
+        return GenerationRequest(**texts, **numbers, **images,
                                  loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 
     def _follow(self, job: Job, lang: str, progress: gr.Progress) -> Iterator[tuple]:
@@ -215,6 +221,10 @@ class UiHandlers:
             return skip_all + [translate("png_without_recipe", lang)]
         values = [recipe[name] if recipe.get(name) is not None else gr.skip() for name in RESTORED_FIELDS]
         slots, notes = self._restored_slots(recipe.get("loras"), lang)
+        if "controlnet" in recipe:  # our recipes record None when no ControlNet was used: back to "none"
+            net, note = self._restored_controlnet(recipe["controlnet"], lang)
+            values[RESTORED_FIELDS.index("controlnet")] = net
+            notes += [note] if note else []
         status = "\n\n".join([translate("recipe_restored", lang, seed=recipe.get("seed", "-"))]
                               + [f"⚠️ {note}" for note in notes])
         # One image of a batch is reproduced by its own seed with batch size 1.
@@ -232,6 +242,19 @@ class UiHandlers:
         updates = [gr.update(choices=choices, value=values[field]) if field in NAME_FIELDS else values[field]
                    for field in SLOT_PARAMETERS]
         return updates, [translate(key, lang, **params) for key, params in notes]
+
+    def _restored_controlnet(self, recorded: Any, lang: str) -> tuple[dict, str | None]:
+        """The ControlNet dropdown for a recipe's ControlNet name (none when it used none or the file is gone),
+        and a warning when it is gone."""
+        # New choices with the value: the folder may have gained the file since the page loaded.
+        choices = controlnet_choices(self.settings.controlnet_dir)
+        if not recorded:
+            return gr.update(choices=choices, value=NO_CONTROLNET), None
+        if str(recorded) not in {value for _, value in choices}:
+            note = translate("recipe_controlnet_missing", lang, name=str(recorded),
+                             folder=public_path(self.settings.controlnet_dir))
+            return gr.update(choices=choices, value=NO_CONTROLNET), note
+        return gr.update(choices=choices, value=str(recorded)), None
 
     def lora_choices(self) -> tuple[dict, ...]:
         """Every slot's dropdown offers the LoRA folder as it is now (page load)."""
@@ -259,6 +282,16 @@ class UiHandlers:
             return gr.update(value=text, visible=True), gr.Timer(active=False)
         text = f"{ui_text('loading_banner', 'zh')}\n\n{ui_text('loading_banner', 'en')}"
         return gr.update(value=text, visible=True), gr.Timer(active=True)
+
+
+def uploaded_image(value: Any, field: str, settings: Settings) -> Image.Image | None:
+    """A form's image (a path, or Gradio's raw FileData dict) opened under the upload limits; None when empty.
+    Security hook: only Gradio's own uploads and this server's outputs are opened (app.uploads; app.security
+    already refused any other path in the HTTP body)."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if not path:
+        return None
+    return open_uploaded_file(str(trusted_upload(path, field, settings.output_dir)), settings, field)
 
 
 def _number(field: str, value: Any, kind: type) -> Any:

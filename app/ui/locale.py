@@ -1,7 +1,7 @@
 """The explicit language switch for Gradio's own strings (upload zones, footer, toast titles).
 
 Gradio's frontend translates those by its svelte-i18n locale, which it takes from the browser once at
-load; our labels are switched by the server (app.ui.page.Labels), but the frontend's locale only changes
+load; our labels are switched by the server (app.ui.widgets.Labels), but the frontend's locale only changes
 through its `changeLocale` export (what Gradio's own Settings panel calls). The script below imports that
 same module instance (ES modules are singletons per URL; its hashed name is found among the loaded
 resources) and sets the locale, before the event's Python side relabels our components.

@@ -14,39 +14,18 @@ from typing import Any
 
 import gradio as gr
 
-from app.fields import FIELD_BY_NAME, RequestField, field_range, fields_in
+from app.fields import FIELD_BY_NAME, field_range, fields_in
 from app.loras import SCALE_RANGE, list_lora_names
 from app.service import GenerationService
 from app.settings import Settings
+from app.ui.control_panel import ControlPanel, build_control, build_inpaint, wire_control
 from app.ui.export import GRADIO_PARAMETERS
 from app.ui.handlers import EXPORT_SOURCES, RESTORED_OUTPUTS, UiHandlers
 from app.ui.history_panel import HistoryPanel
 from app.ui.locale import SET_GRADIO_LOCALE_JS
 from app.ui.presets import DEFAULT_CLASS, SIZE_CLASSES, preset_choices
-from app.ui.samplers import sampler_choices
 from app.ui.slots import DEFAULT_SCALE, NO_LORA, SLOTS, name_field, scale_field, slot_choices
-from app.ui.strings import ui_text
-
-
-class Labels:
-    """Components whose texts the explicit language switch rewrites (it must beat the browser locale)."""
-
-    def __init__(self, translations: gr.I18n):
-        self.t = translations  # key -> I18nData, translated by the browser's locale
-        self.entries: list[tuple[Any, dict[str, str]]] = []
-
-    def __call__(self, component: Any, **props: str) -> Any:
-        """Register `component`: each prop (label, info, value, ...) names its app.ui.strings key."""
-        self.entries.append((component, props))
-        return component
-
-    def relabel(self, lang: str) -> list[dict]:
-        """Updates that set every registered text in `lang`, in `components` order."""
-        return [gr.update(**{prop: ui_text(key, lang) for prop, key in props.items()}) for _, props in self.entries]
-
-    @property
-    def components(self) -> list[Any]:
-        return [component for component, _ in self.entries]
+from app.ui.widgets import Labels, labelled, slider, table_input
 
 
 # The generate event's inputs, in the order of UiHandlers.generate's parameters (= the public API).
@@ -57,10 +36,12 @@ def build_demo(service: GenerationService, translations: gr.I18n) -> gr.Blocks:
     """The page, wired to `service`. Elements carry elem_ids for tests."""
     handlers = UiHandlers(service)
     panel = HistoryPanel(service.history)
+    control = ControlPanel(service.settings)
     labels = Labels(translations)
     with gr.Blocks(title="Z-Image-Turbo", delete_cache=(3600, 3600)) as demo:
         ui = _build_layout(labels, service.settings)
-        _wire_generation(handlers, panel, ui)
+        _wire_generation(handlers, panel, control, ui)
+        wire_control(control, ui, demo)
         _wire_form(handlers, ui)
         _wire_export(handlers, ui)
         _wire_history(handlers, panel, ui, demo)
@@ -148,9 +129,14 @@ def _wire_history(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any],
                                **private)
 
 
-def _wire_generation(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any]) -> None:
-    """Generate (the public /generate API), history after success, and Stop."""
-    generate_event = ui["generate"].click(
+def _wire_generation(handlers: UiHandlers, panel: HistoryPanel, control: ControlPanel, ui: dict[str, Any]) -> None:
+    """Generate (the public /generate API, after the mask is read from the editor's latest strokes), history
+    after success, and Stop."""
+    # Not on the editor's change event: Gradio 6.31's editor swallows its first change (the first stroke on a
+    # background set by the server would be lost), and a click right after a stroke could overtake the event.
+    refresh_mask = ui["generate"].click(control.mask_of, inputs=[ui["mask_editor"]], outputs=[ui["mask"]],
+                                        api_visibility="private", queue=False, show_progress="hidden")
+    generate_event = refresh_mask.then(
         handlers.generate, inputs=[*(ui[name] for name in FORM_INPUTS), ui["lang"]],
         outputs=[ui["status"], ui["gallery"], ui["details"], ui["last_result"]],
         api_name="generate", concurrency_limit=None, show_progress="minimal",
@@ -182,7 +168,7 @@ def _wire_page(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], la
     # Gradio's own strings follow its frontend locale, which the script sets (awaited before the event that
     # shows the upload zones again). The zones read the locale only when they mount, so they are hidden
     # first: a file dropped meanwhile waits for the new zone instead of landing in the old one.
-    uploads = [ui["reference_image"], ui["recipe_drop"]]
+    uploads = [ui["reference_image"], ui["control_image"], ui["recipe_drop"]]
     ui["lang_radio"].input(lambda lang: lang, inputs=[ui["lang_radio"]], outputs=[ui["lang"]], **private).then(
         lambda: [gr.update(visible=False)] * len(uploads), outputs=uploads, **private).then(
         lambda _: [gr.update(visible=True)] * len(uploads), inputs=[ui["lang_radio"]], outputs=uploads,
@@ -194,31 +180,6 @@ def _wire_page(handlers: UiHandlers, panel: HistoryPanel, ui: dict[str, Any], la
     demo.load(handlers.detect_language, outputs=[ui["lang"], ui["lang_radio"]], **private)
     demo.load(handlers.banner, outputs=[ui["banner"], ui["banner_timer"]], **private)
     demo.load(handlers.lora_choices, outputs=[ui[name_field(slot)] for slot in SLOTS], **private)
-
-
-def _labelled(field: RequestField) -> dict[str, str]:
-    """prop -> app.ui.strings key of a table field's label and help line (for Labels)."""
-    return {"label": field.label_key} | ({"info": field.info} if field.info else {})
-
-
-def _slider(L: Labels, name: str, settings: Settings) -> Any:
-    """A table field as a slider: range from the engine's limits and the settings, default from the engine."""
-    field = FIELD_BY_NAME[name]
-    low, high = field_range(name, settings)
-    props = _labelled(field)
-    value = min(max(field.default, low), high)
-    slider = gr.Slider(low, high, value=value, step=field.step, elem_id=field.dom_id,
-                       **{prop: L.t(key) for prop, key in props.items()})
-    return L(slider, **props)
-
-
-def _choice(L: Labels, field: RequestField) -> Any:
-    """A choice field as a dropdown (the sampler: its choices say what each costs)."""
-    props = _labelled(field)
-    choices = sampler_choices() if field.name == "sampler" else [(name, name) for name in field.choices]
-    dropdown = gr.Dropdown(choices, value=field.default, elem_id=field.dom_id,
-                           **{prop: L.t(key) for prop, key in props.items()})
-    return L(dropdown, **props)
 
 
 def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
@@ -235,15 +196,15 @@ def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
     negative = FIELD_BY_NAME["negative_prompt"]
     f["negative_prompt"] = L(gr.Textbox(negative.default, label=t(negative.label_key), info=t(negative.info),
                                         lines=1, interactive=False, elem_id=negative.dom_id),
-                             **_labelled(negative))
+                             **labelled(negative))
     with gr.Row():
-        f["guidance"] = _slider(L, "guidance", settings)
-        f["steps"] = _slider(L, "steps", settings)
+        f["guidance"] = slider(L, "guidance", settings)
+        f["steps"] = slider(L, "steps", settings)
     with gr.Row(equal_height=True):
         seed = FIELD_BY_NAME["seed"]
         low, high = field_range("seed", settings)
         f["seed"] = L(gr.Number(value=seed.default, precision=0, minimum=low, maximum=high, label=t(seed.label_key),
-                                info=t(seed.info), elem_id=seed.dom_id), **_labelled(seed))
+                                info=t(seed.info), elem_id=seed.dom_id), **labelled(seed))
         f["seed_random"] = L(gr.Button(t("seed_random"), size="sm", elem_id="seed-random"), value="seed_random")
         f["seed_reuse"] = L(gr.Button(t("seed_reuse"), size="sm", elem_id="seed-reuse"), value="seed_reuse")
     with gr.Row():
@@ -253,18 +214,20 @@ def _build_form(L: Labels, settings: Settings) -> dict[str, Any]:
         f["preset"] = L(gr.Dropdown(presets, value=presets[0][1] if presets else None, label=t("aspect"),
                                     elem_id="size-preset"), label="aspect")
     with gr.Row():
-        f["width"] = _slider(L, "width", settings)
-        f["height"] = _slider(L, "height", settings)
-    f["batch_size"] = _slider(L, "batch_size", settings)
+        f["width"] = slider(L, "width", settings)
+        f["height"] = slider(L, "height", settings)
+    f["batch_size"] = slider(L, "batch_size", settings)
     with gr.Row():
         reference = FIELD_BY_NAME["reference_image"]
         f["reference_image"] = L(gr.Image(type="filepath", sources=["upload", "clipboard"],
                                           label=t(reference.label_key), elem_id=reference.dom_id, height=220),
-                                 **_labelled(reference))
-        f["strength"] = _slider(L, "strength", settings)
+                                 **labelled(reference))
+        f["strength"] = slider(L, "strength", settings)
+    f.update(build_inpaint(L))
+    f.update(build_control(L, settings))
     with L(gr.Accordion(t("advanced"), open=False, elem_id="advanced"), label="advanced"):
         for field in fields_in("advanced"):
-            f[field.name] = _choice(L, field) if field.choices else _slider(L, field.name, settings)
+            f[field.name] = table_input(L, field, settings)
     return f
 
 

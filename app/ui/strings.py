@@ -38,6 +38,24 @@ EN: dict[str, str] = {
     "sampler_info": sampler_cost_note("en"),
     "seed_variety": "Seed variety (0 = off)",
     "seed_variety_info": "More different images across seeds: seeded noise on the prompt for the first steps.",
+    "control": "Control (ControlNet)",
+    "control_help": "A ControlNet Union file from the server's ControlNet folder steers the image by a control map: "
+    "edges (canny), lines (lineart, scribble), a grayscale picture (gray), or a map you made elsewhere "
+    "(depth, pose, tile: upload it with the mode \"map\"; those need models this server does not run).",
+    "controlnet": "ControlNet",
+    "controlnet_info": "Files from the server's ControlNet folder; none = no control.",
+    "control_image": "Control image",
+    "control_preview": "Control map (what the ControlNet sees)",
+    "control_mode": "Preprocessor",
+    "control_mode_info": "map = use the uploaded image as it is (your own depth or pose map).",
+    "control_scale": "Control strength",
+    "control_scale_info": "0.75 by default; 0.9 suits the 8-step 2.1 files; 0 = off.",
+    "inpaint": "Inpaint (repaint part of the reference)",
+    "inpaint_help": "Upload the reference image above, then paint over the area to repaint. "
+    "Only the painted area changes; with reference strength 1 it is generated anew from the prompt. "
+    "The mask is made from your strokes when you click Generate.",
+    "mask_editor": "Paint the area to repaint",
+    "mask": "Mask used (white = repainted)",
     "loras": "LoRA",
     "loras_info": "Up to {slots} LoRA files from the server's LoRA folder, each with its own strength "
     "(1 = as trained, 0 = off, negative = the opposite). Empty slots are ignored.".format(slots=MAX_UI_LORAS),
@@ -101,6 +119,22 @@ ZH_CN: dict[str, str] = {
     "sampler_info": sampler_cost_note("zh"),
     "seed_variety": "种子多样性（0 = 关闭）",
     "seed_variety_info": "让不同种子的图像差别更大：前几步给提示词加入按种子生成的噪声。",
+    "control": "控制（ControlNet）",
+    "control_help": "用服务器 ControlNet 文件夹中的 ControlNet Union 文件，按控制图引导构图：边缘（canny）、线条（lineart、"
+    "scribble）、灰度图（gray），或在别处制作好的控制图（深度、姿态、tile：选择模式 \"map\" 上传；这些需要本服务器没有运行的模型）。",
+    "controlnet": "ControlNet",
+    "controlnet_info": "来自服务器 ControlNet 文件夹的文件；无 = 不使用控制。",
+    "control_image": "控制图",
+    "control_preview": "控制图预处理结果（ControlNet 看到的图）",
+    "control_mode": "预处理",
+    "control_mode_info": "map = 按上传的原样使用（自己制作的深度图或姿态图）。",
+    "control_scale": "控制强度",
+    "control_scale_info": "默认 0.75；8 步的 2.1 文件适合 0.9；0 = 关闭。",
+    "inpaint": "局部重绘（重绘参考图的一部分）",
+    "inpaint_help": "先在上方上传参考图，再涂抹需要重绘的区域。只有涂抹的区域会改变；参考强度为 1 时该区域按提示词重新生成。"
+    "点击“生成”时由涂抹区域生成蒙版。",
+    "mask_editor": "涂抹需要重绘的区域",
+    "mask": "使用的蒙版（白色 = 重绘）",
     "loras": "LoRA",
     "loras_info": "最多 {slots} 个来自服务器 LoRA 文件夹的 LoRA，各有自己的强度"
     "（1 = 训练时的效果，0 = 关闭，负值 = 反向）。空位置会被忽略。".format(slots=MAX_UI_LORAS),
@@ -137,9 +171,9 @@ ZH_CN: dict[str, str] = {
 # Traditional Chinese: the few characters that differ from the Simplified strings.
 _TRADITIONAL = str.maketrans(
     "图词态数种随机档宽张参级选项调断归关闭强复详时历标签页导码对应单显两过长载预热绪后语变仅计认画样号会从请该"
-    "个来务夹训练负",
+    "个来务夹训练负构边缘线条择传这没运涂绘区为别处动",
     "圖詞態數種隨機檔寬張參級選項調斷歸關閉強復詳時歷標籤頁導碼對應單顯兩過長載預熱緒後語變僅計認畫樣號會從請該"
-    "個來務夾訓練負",
+    "個來務夾訓練負構邊緣線條擇傳這沒運塗繪區為別處動",
 )
 ZH_TW: dict[str, str] = {key: value.translate(_TRADITIONAL) for key, value in ZH_CN.items()}
 

@@ -65,8 +65,12 @@ def test_without_a_controlnet_its_settings_are_not_recorded():
 
 def test_snippets_without_control_have_no_control_fields():
     snippets = snippets_for(recipe_of(GenerationRequest(prompt="plain")), "http://127.0.0.1:1")
-    for text in (snippets.curl_rest, snippets.openai, snippets.python):
+    for text in (snippets.curl_rest, snippets.openai):
         assert "control" not in text and "mask" not in text
+    # The Gradio endpoint takes every parameter: the unused ones are sent empty, no files are named.
+    assert "mask=None," in snippets.python and "controlnet=None," in snippets.python
+    assert "control_image=None," in snippets.python and ".png" not in snippets.python
+    assert "gradio_api/upload" not in snippets.curl_gradio
 
 
 def write_inputs(folder: Path) -> None:
@@ -74,11 +78,12 @@ def write_inputs(folder: Path) -> None:
         images()[name].save(folder / file)
 
 
-def test_curl_rest_snippet_sends_the_files_next_to_it(tmp_path: Path):
+def test_curl_snippets_send_the_files_next_to_them(tmp_path: Path):
     snippets = snippets_for(recipe_of(control_request()), "http://127.0.0.1:1")
     for shell in (snippets.curl_rest, snippets.curl_gradio):
         subprocess.run(["bash", "-n"], input=shell, text=True, check=True)
-    assert "not inputs of the Gradio API" in snippets.python and "not inputs of the Gradio API" in snippets.curl_gradio
+    for file in ("reference.png", "mask.png", "control.png"):  # each uploaded, then named by its upload path
+        assert f'-F "files=@{file}" "$URL/gradio_api/upload"' in snippets.curl_gradio, file
     write_inputs(tmp_path)
     fake_curl = tmp_path / "curl"  # keeps the body it is given on stdin (-d @-), answers with no images
     fake_curl.write_text('#!/bin/bash\ncat > sent.json\necho \'{"data": []}\'\n')
@@ -100,8 +105,9 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
         yield live
 
 
-def test_exported_openai_snippet_sends_the_same_control_request(fake_server: LiveServer, tmp_path: Path):
-    snippet = snippets_for(recipe_of(control_request()), fake_server.url).openai
+@pytest.mark.parametrize("kind", ["openai", "python"])  # the openai SDK and gradio_client snippets
+def test_exported_snippet_sends_the_same_control_request(fake_server: LiveServer, tmp_path: Path, kind: str):
+    snippet = getattr(snippets_for(recipe_of(control_request()), fake_server.url), kind)
     write_inputs(tmp_path)
     subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True, capture_output=True, timeout=120)
     sent = fake_server.service._engine.calls[-1]

@@ -39,12 +39,14 @@ def test_recipe_records_and_restore_reads_every_field():
                                 height=256, batch_size=2, strength=0.4, shift=2.5, cfg_truncation=0.5,
                                 cfg_normalization=1.0, sampler="dpmpp_2m", seed_variety=0.5)
     recipe = build_recipe(request, 10, 1, {}, [], {"used": True}, {})
-    for name in FORM_FIELDS:
-        if name != "reference_image":
-            expected = 10 if name == "seed" else getattr(request, name)
-            assert recipe[name] == expected, name
+    for field in FIELDS:
+        if field.kind is not object:
+            # Without a ControlNet its settings are not recorded (app.control.control_recipe).
+            expected = 10 if field.name == "seed" else None if field.with_controlnet_only else getattr(request, field.name)
+            assert recipe[field.name] == expected, field.name
     assert build_recipe(request, 10, 1, {}, [], None, {})["strength"] is None  # no reference, no strength
-    assert set(RESTORED_FIELDS) == set(FORM_FIELDS) - {"batch_size", "reference_image"}
+    images = {field.name for field in FIELDS if field.kind is object}
+    assert set(RESTORED_FIELDS) == set(FORM_FIELDS) - {"batch_size"} - images
 
 
 def test_snippets_carry_every_rest_field():

@@ -22,6 +22,7 @@ from app.ui.export import snippets_for
 from app.metadata import read_recipe
 from app.fields import DOOR_FIELDS, FIELD_BY_NAME
 from app.validation import parse_size
+from app.ui.choices import NO_CONTROLNET
 from app_helpers import TEST_QUEUE_SIZE
 from live_server import LiveServer
 from model.request import GenerationRequest
@@ -59,7 +60,9 @@ def test_every_door_leaves_a_field_out_as_the_engine_would(tiny_server: LiveServ
     endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
     form = {p["parameter_name"]: p["parameter_default"] for p in endpoint["parameters"] if p["parameter_has_default"]}
     on_form = {name: value for name, value in (expected | allowed).items() if FIELD_BY_NAME[name].form}
-    assert {name: form.get(name) for name in on_form} == on_form
+    # The ControlNet dropdown's "none" choice is "" (a dropdown value cannot be None); the handler reads it as None.
+    assert form["controlnet"] == NO_CONTROLNET
+    assert {name: form.get(name) for name in on_form} == on_form | {"controlnet": NO_CONTROLNET}
     rest = ImagesRequest(prompt="x")
     width, height = parse_size(rest.size)
     by_rest_name = {name: getattr(rest, FIELD_BY_NAME[name].rest) for name in expected if FIELD_BY_NAME[name].rest}

@@ -76,16 +76,14 @@ def test_the_form_sends_and_a_dropped_png_restores_sampler_and_seed_variety(tmp_
 
     from app.metadata import encode_png
     from app.service import GenerationService
-    from app.ui.export import DEFAULTS, GRADIO_PARAMETERS
-    from app.ui.handlers import RESTORED_OUTPUTS, UiHandlers
-    from app_helpers import make_settings
+    from app.ui.handlers import RESTORED_OUTPUTS, UiHandlers, form_params
+    from app_helpers import gradio_form, make_settings
     from fake_engine import FakeEngine
     from test_ui_handlers import browser_request
 
     handlers = UiHandlers(GenerationService(make_settings(tmp_path), FakeEngine))
-    form = {**DEFAULTS, "prompt": "a cat", "reference_image": None, "sampler": "euler_stochastic",
-            "seed_variety": "0.5"}
-    request = handlers._build_request({name: form[name] for name in GRADIO_PARAMETERS})
+    form = form_params(gradio_form(prompt="a cat", sampler="euler_stochastic", seed_variety="0.5"))
+    request = handlers._build_request(form)
     assert (request.sampler, request.seed_variety) == ("euler_stochastic", 0.5)
     assert handlers._build_request({**form, "sampler": None}).sampler == "euler"  # left out: the default
 

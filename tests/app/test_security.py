@@ -34,7 +34,7 @@ TOOLS_ORIGIN = "https://tools.example"
 EVIL_ORIGIN = "http://evil.example"
 FORM = gradio_form(prompt="a blue gate", steps=2, seed=7, width=128, height=128)
 REST_BODY = {"prompt": "a blue gate", "size": "128x128", "steps": 1}
-GENERATE_FN_INDEX = 0  # the first event of the page (ui._wire_generation)
+GENERATE_FN_INDEX = 1  # the page's second event: the Generate click reads the mask first (app.ui.page)
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +306,24 @@ def test_gradio_json_bodies_are_bounded_and_parsed_safely(plain: LiveServer):
     deep = httpx.post(plain.url + "/gradio_api/call/generate", content=b"[" * 100_000 + b"]" * 100_000,
                       headers={"Content-Type": "application/json"}, timeout=60)
     assert deep.status_code == 400 and error_code(deep) == "invalid_json"
+    assert httpx.get(plain.url + "/health/live").status_code == 200
+
+
+def test_the_image_editors_blob_upload_is_the_only_other_multipart_post(plain: LiveServer):
+    """The mask editor uploads its strokes to Gradio's component server as multipart (the browser test paints
+    through it); from another origin that is refused too, and JSON bodies there are still inspected."""
+    url = plain.url + "/gradio_api/component_server/"
+    files = {"files": ("layer_0.png", b"\x89PNG not really", "image/png")}
+    foreign = httpx.post(url, files=files, data={"session_hash": "s"}, headers={"Origin": EVIL_ORIGIN}, timeout=30)
+    assert foreign.status_code == 403 and error_code(foreign) == "origin_not_allowed"
+    own = httpx.post(url, files=files, data={"session_hash": "s"}, headers={"Origin": plain.url}, timeout=30)
+    assert own.status_code != 415 and "json_required" not in own.text  # Gradio itself answers
+    naming = httpx.post(url, json={"session_hash": "s", "component_id": 1, "fn_name": "accept_blobs",
+                                   "data": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}, timeout=30)
+    assert naming.status_code == 422 and error_code(naming) == "untrusted_file"
+    for other in ("/gradio_api/queue/join", "/gradio_api/run/predict"):
+        refused = httpx.post(plain.url + other, files=files, timeout=30)
+        assert refused.status_code == 415 and error_code(refused) == "json_required", other
     assert httpx.get(plain.url + "/health/live").status_code == 200
 
 

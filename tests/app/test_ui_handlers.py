@@ -18,7 +18,7 @@ from app.metadata import encode_png
 from app.ui.presets import SIZE_CLASSES, preset_choices
 from app.service import GenerationService
 from app.ui.handlers import RESTORED_OUTPUTS, UiHandlers, form_params, lora_items
-from app_helpers import make_settings
+from app_helpers import gradio_form, make_settings
 from fake_engine import FakeEngine
 from model.request import GenerationRequest
 
@@ -70,8 +70,7 @@ def test_dropped_png_restores_its_recipe(handlers: UiHandlers, tmp_path: Path):
 
 
 def test_export_of_the_current_form(handlers: UiHandlers):
-    form = {**DEFAULTS, "prompt": "current prompt", "seed": 7, "reference_image": None}
-    python, *_ = handlers.export("form", None, None, browser_request(), *(form[name] for name in GRADIO_PARAMETERS))
+    python, *_ = handlers.export("form", None, None, browser_request(), *gradio_form(prompt="current prompt", seed=7))
     assert "seed=7," in python and "current prompt" in python and "http://127.0.0.1:7860/" in python
 
 
@@ -86,8 +85,8 @@ def test_language_follows_the_browser_and_tokens_wait_for_the_model(handlers: Ui
 # A form with slot 1 = ink at 0.8, slot 2 empty, slot 3 = photo at -0.5.
 MINIMAL_RECIPE = {"prompt": "p", "seed": 3, "steps": 8, "shift": 3.0, "guidance": 0.0, "width": 512, "height": 512,
                   "software": {"app": "0.1.0"}}
-LORA_FORM = ("a cat", "", 0.0, 8, 7, 1024, 1024, 1, None, 0.6, 3.0, 1.0, 0.0, "euler", 0.0, "ink", 0.8, "", 1.0,
-             "photo", -0.5)
+LORA_FORM = tuple(gradio_form(prompt="a cat", seed=7, lora_1="ink", lora_1_scale=0.8, lora_3="photo",
+                              lora_3_scale=-0.5))
 
 
 @pytest.fixture

@@ -185,9 +185,10 @@ def test_file_references_are_found_anywhere_in_a_body_even_deeply_nested():
 def test_handlers_refuse_server_paths_themselves(tmp_path: Path, upload_dir: Path):
     handlers = UiHandlers(GenerationService(make_settings(tmp_path), FakeEngine))
     form = dict(zip(GRADIO_PARAMETERS, FORM))
-    with pytest.raises(ServiceError) as caught:
-        handlers._build_request({**form, "reference_image": {"path": "/etc/passwd"}})
-    assert caught.value.key == "untrusted_file" and caught.value.field == "reference_image"
+    for field in ("reference_image", "mask", "control_image"):  # every image the form takes
+        with pytest.raises(ServiceError) as caught:
+            handlers._build_request({**form, field: {"path": "/etc/passwd"}})
+        assert caught.value.key == "untrusted_file" and caught.value.field == field
     request = type("Request", (), {"headers": {"accept-language": "en"}})()
     status = handlers.restore_from_png("/etc/passwd", "en", request)[-1]
     assert "recipe_drop must be a file uploaded to this server" in status
