@@ -36,16 +36,18 @@ logger = logging.getLogger(__name__)
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
-# Repeated blocks of the Z-Image transformer whose projections are quantized. Embedders, adaLN and the
-# final layer are small and precision sensitive (diffusers also keeps t/cap embedders unquantized).
-TRANSFORMER_BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.")
+# Repeated blocks whose projections are quantized: the Z-Image transformer's and a ControlNet's (its blocks
+# are transformer blocks too). Embedders, adaLN and the final layer are small and precision sensitive
+# (diffusers also keeps t/cap embedders unquantized).
+BLOCK_LISTS = ("layers.", "noise_refiner.", "context_refiner.", "control_layers.", "control_noise_refiner.")
 BLOCK_PROJECTIONS = (".attention.", ".feed_forward.")
 DYNAMIC_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with fp8 tensor cores
 
 
 def is_block_projection(name: str) -> bool:
-    """True for attention and feed-forward Linear layers inside the transformer's repeated blocks."""
-    return name.startswith(TRANSFORMER_BLOCK_LISTS) and any(part in name for part in BLOCK_PROJECTIONS)
+    """True for attention and feed-forward Linear layers inside the repeated blocks (of the transformer or a
+    ControlNet; a ControlNet block's zero-initialised before/after projections are kept)."""
+    return name.startswith(BLOCK_LISTS) and any(part in name for part in BLOCK_PROJECTIONS)
 
 
 def dynamic_matmul_supported(device: torch.device | str) -> bool:

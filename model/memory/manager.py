@@ -80,10 +80,10 @@ class MemoryManager:
         """Place a ControlNet loaded after start (model.memory.planner.plan_controlnet); replaces any other."""
         self.remove("controlnet")
         self.components["controlnet"] = module
-        self.footprints["controlnet"] = measure_footprint(module)
+        self.footprints["controlnet"] = measure_footprint(module, quantizable=True)  # low mode stores it in fp8
         self.plan = plan_controlnet(self.plan, self.footprints, self.dims)
         placement = self.plan.component("controlnet")
-        logger.info("ControlNet placed: %s", placement.residency)
+        logger.info("ControlNet placed: %s%s", placement.residency, " (fp8 block projections)" if placement.fp8 else "")
         self._place("controlnet", module, placement)
 
     def remove(self, name: str) -> None:

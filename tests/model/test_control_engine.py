@@ -16,6 +16,7 @@ from model.control.conditioning import masked_pixels
 from model.control.validation import MAX_CONTROL_PIXELS
 from model.errors import CheckpointError, InvalidRequestError
 from model.images import reference_tensor
+from model.memory.fp8 import Float8Linear
 from model.memory.placement import RESIDENT, STREAMED, measure_footprint
 from model.memory.planner import plan_controlnet, plan_placement
 from model.memory.vram import REFERENCE_REQUEST, RequestShape, estimate_peak
@@ -165,16 +166,17 @@ def _real_controlnet_footprint(label: str):
     layers = {"2.1": 15, "2.1-lite": 3}[label]
     layout = ControlNetLayout("2.1", 33, layers, 2, tuple(range(0, 2 * layers, 2)), (0, 1))
     with torch.device("meta"):
-        return measure_footprint(ZImageControlNet(TransformerConfig(), layout).to(torch.bfloat16))
+        return measure_footprint(ZImageControlNet(TransformerConfig(), layout).to(torch.bfloat16), quantizable=True)
 
 
-@pytest.mark.parametrize("mode, budget_gib, residency", [
-    ("full", None, RESIDENT), ("balanced", 40, RESIDENT), ("balanced", 15.5, STREAMED), ("low", 40, STREAMED)])
-def test_controlnet_placement_per_memory_mode(mode, budget_gib, residency):
+@pytest.mark.parametrize("mode, budget_gib, residency, fp8", [
+    ("full", None, RESIDENT, False), ("balanced", 40, RESIDENT, False), ("balanced", 15.5, STREAMED, False),
+    ("low", 40, STREAMED, True)])
+def test_controlnet_placement_per_memory_mode(mode, budget_gib, residency, fp8):
     budget = None if budget_gib is None else int(budget_gib * GIB)
     footprints = {**real_footprints(), "controlnet": _real_controlnet_footprint("2.1")}
     plan = plan_controlnet(plan_placement(mode, budget, real_footprints(), real_dims()), footprints, real_dims())
-    assert plan.component("controlnet").residency == residency
+    assert (plan.component("controlnet").residency, plan.component("controlnet").fp8) == (residency, fp8)
     assert {k: v for k, v in plan.components.items() if k != "controlnet"} == \
         plan_placement(mode, budget, real_footprints(), real_dims()).components  # the rest is unchanged
 
@@ -190,9 +192,13 @@ def test_vram_estimate_counts_the_controlnet_and_its_hints():
     assert with_cn - without == footprints["controlnet"].total_bytes + hints
     streamed = plan_controlnet(plan_placement("low", int(40 * GIB), real_footprints(), real_dims()), footprints,
                                real_dims())
-    fp = footprints["controlnet"]
-    assert streamed.component("controlnet").device_bytes_in_use(fp) == fp.rest_bytes + 2 * fp.largest_block_bytes
-    print(f"\n2.1 ControlNet: {fp.total_bytes / GIB:.2f} GiB bf16, hints at 1024x1024 {hints / GIB:.2f} GiB")
+    fp, stored = footprints["controlnet"], footprints["controlnet"].scaled(True)  # low mode: fp8 blocks
+    in_use = streamed.component("controlnet").device_bytes_in_use(fp)
+    assert in_use == stored.rest_bytes + 2 * stored.largest_block_bytes
+    # A little over half the bytes streamed at every step (adaLN and the hint projections stay bf16).
+    assert stored.block_bytes < 0.6 * fp.block_bytes
+    print(f"\n2.1 ControlNet: {fp.total_bytes / GIB:.2f} GiB bf16 ({stored.total_bytes / GIB:.2f} GiB with fp8 "
+          f"blocks), hints at 1024x1024 {hints / GIB:.2f} GiB")
 
 
 def test_a_new_controlnet_file_replaces_the_one_in_memory(engine, tiny_model_dir):
@@ -207,3 +213,23 @@ def test_a_new_controlnet_file_replaces_the_one_in_memory(engine, tiny_model_dir
     info = engine.describe()["controlnet"]
     assert info["path"].endswith("tiny-controlnet-union-2.1-lite.safetensors") and info["inpainting"]
     assert info["version"] == "2.1 (1 control layer)" and info["residency"] == RESIDENT
+
+
+def test_low_mode_streams_the_controlnet_with_fp8_projections_and_stays_close(tiny_model_dir):
+    control = dict(controlnet=_controlnet(tiny_model_dir, "2.1"), control_image=_image(7), control_mode="canny")
+    images = {}
+    for mode in ("full", "low"):
+        engine = Engine.from_pretrained(tiny_model_dir / "hf", device="cpu", dtype=torch.float32, memory_mode=mode)
+        images[mode] = _pixels(engine.generate(GenerationRequest(**BASE, **control))).astype(np.float64)
+        net = engine.memory.components["controlnet"]
+        block = net.control_layers[0]
+        assert isinstance(block.attention.to_q, Float8Linear) == (mode == "low")
+        assert isinstance(block.feed_forward.w2, Float8Linear) == (mode == "low")
+        assert type(block.after_proj) is torch.nn.Linear  # the hint projections keep their precision
+        assert engine.memory.plan.component("controlnet").residency == (STREAMED if mode == "low" else RESIDENT)
+    assert not np.array_equal(images["low"], images["full"])  # the fp8 weights were really used
+    # The same picture (the fp8 transformer of low mode is bounded per layer in test_fp8): pixel correlation.
+    correlation = np.corrcoef(images["low"].ravel(), images["full"].ravel())[0, 1]
+    print(f"\nlow vs full with a 2.1 ControlNet: correlation {correlation:.4f}, "
+          f"mean |diff| {np.abs(images['low'] - images['full']).mean():.2f}")
+    assert correlation > 0.9, f"correlation {correlation:.3f}"
