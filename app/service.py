@@ -326,8 +326,6 @@ class GenerationService:
     def _on_step(self, job: Job, progress: StepProgress) -> None:
         capture_preview(job, progress)
         job.report_step(progress.step, progress.total)
-        if self.settings.debug_step_delay:
-            job.sleep_unless_cancelled(self.settings.debug_step_delay)
         if job.cancel_requested:
             raise GenerationCancelled(f"{job.id} cancelled at step {progress.step}")
 

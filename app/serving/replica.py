@@ -66,8 +66,6 @@ class EngineReplica:
 
         def on_step(progress: StepProgress) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (STEP, progress))
-            if self._settings.debug_step_delay:
-                stop.wait(self._settings.debug_step_delay)
             if stop.is_set():
                 raise GenerationCancelled(f"cancelled at step {progress.step}")
 
