@@ -335,9 +335,8 @@ class GenerationService:
         request = job.request
         loras = lora_fingerprints(request.loras)
         reference = _reference_summary(request)
-        # A Ray replica says where it ran (app.serving.ray_engine); the in-process engine does not.
-        replica = getattr(result, "replica", None)
-        engine_info = {**self.engine_info, "replica": replica} if replica else self.engine_info
+        # A Ray replica says where it ran; the in-process engine leaves result.replica None.
+        engine_info = {**self.engine_info, "replica": result.replica} if result.replica else self.engine_info
         images = []
         for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
             recipe = build_recipe(request, seed, index, engine_info, loras, reference, result.timings)

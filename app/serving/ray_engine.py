@@ -7,6 +7,8 @@ next step), and the cluster's failures become the service's own errors.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -18,6 +20,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
 
 from app.errors import ServiceError, queue_full
+from app.previews import jpeg_images
 from app.serving.events import ENGINE_ERROR, FAILED, RESULT, STEP
 from app.serving.replica import DEPLOYMENT_NAME, build_replica_app
 from app.settings import Settings
@@ -63,11 +66,11 @@ class RayEngine:
             for event in stream:
                 if event[0] == STEP:
                     if on_step is not None:
-                        on_step(event[1])
+                        progress, jpeg = event[1], event[2]
+                        on_step(progress if jpeg is None else
+                                dataclasses.replace(progress, preview=functools.partial(jpeg_images, jpeg)))
                 elif event[0] == RESULT:
-                    result, identity = event[1], event[2]
-                    result.replica = identity  # the recipe records which replica made the image
-                    return result
+                    return event[1]
                 elif event[0] == ENGINE_ERROR:
                     raise event[1]
                 elif event[0] == FAILED:
