@@ -143,7 +143,9 @@ def build_replica_app(settings: Settings) -> serve.Application:
     else:
         scaling = {"autoscaling_config": {"min_replicas": settings.ray_min_replicas,
                                           "max_replicas": settings.ray_max_replicas,
-                                          "target_ongoing_requests": 1}}
+                                          "target_ongoing_requests": 1,
+                                          "upscale_delay_s": settings.ray_upscale_delay_seconds,
+                                          "downscale_delay_s": settings.ray_downscale_delay_seconds}}
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME).options(
         **scaling, max_ongoing_requests=1, max_queued_requests=settings.ray_max_queued_requests,
         max_constructor_retry_count=CONSTRUCTOR_RETRIES, health_check_period_s=5, health_check_timeout_s=30,
