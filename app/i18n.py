@@ -48,6 +48,15 @@ MESSAGES: dict[str, dict[str, str]] = {
         "然后添加 GPU 节点，或调低 ray_max_replicas 或 ray_gpus_per_replica；副本的错误日志在其所在节点的 "
         "/tmp/ray/session_latest/logs/serve/ 中。",
     },
+    "ray_auth": {
+        "en": "The Ray cluster at {address} refused this app: it requires its auth token. Copy the head's "
+        "~/.ray/auth_token to the same place on this machine (or point RAY_AUTH_TOKEN_PATH at it), start the app "
+        "with RAY_AUTH_MODE=token in its environment, and restart it; on the head machine itself, "
+        "ray_address = \"auto\" finds the token on its own.",
+        "zh": "位于 {address} 的 Ray 集群拒绝了本应用：它要求认证令牌。请把头节点的 ~/.ray/auth_token 复制到本机相同位置"
+        "（或用 RAY_AUTH_TOKEN_PATH 指向它），在应用的环境变量中设置 RAY_AUTH_MODE=token，然后重启应用；"
+        "在头节点本机上，ray_address = \"auto\" 会自动找到令牌。",
+    },
     "shutting_down": {
         "en": "The server is shutting down and accepts no new jobs.",
         "zh": "服务器正在关闭，不再接受新任务。",

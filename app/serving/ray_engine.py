@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import ray
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import AuthenticationError, RayError
 from ray.serve.exceptions import BackPressureError
 
 from app.errors import ServiceError, queue_full
@@ -134,10 +134,22 @@ def _connect(settings: Settings) -> None:
                      logging_level=settings.log_level.upper())
             return
         except ConnectionError as err:
+            if _token_refused(err):  # retrying cannot help: the token or the mode is missing here
+                raise ServiceError("ray_auth", status=503, address=settings.ray_address) from None
             if not settings.ray_address or time.monotonic() > deadline:
                 raise
             logger.warning("Ray cluster at %r not reachable yet (%s); retrying", settings.ray_address, err)
             time.sleep(CONNECT_RETRY_SECONDS)
+
+
+def _token_refused(err: BaseException) -> bool:
+    """Whether the head refused us for a missing or wrong auth token. Ray wraps the refusal in a RuntimeError
+    whose text carries the gRPC status, under the ConnectionError ray.init raises."""
+    while err is not None:
+        if isinstance(err, AuthenticationError) or "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def ray_engine_factory(settings: Settings):
