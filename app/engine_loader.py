@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from app.errors import ServiceError
 from app.redaction import public_path, redact
 from app.settings import Settings, resolve_dtype
 from model.loading.layout import find_layout
 from model.protocol import EngineProtocol
-from model.request import GenerationRequest, GenerationResult, StepCallback, StepProgress
+from model.request import EngineLimits, GenerationRequest, GenerationResult, StepCallback, StepProgress
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,15 @@ class SlowedSteps:
 
         return self._engine.generate(request, on_step=slowed)
 
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (describe, limits, warmup, count_tokens, the modules tests inspect) is the engine's.
-        return getattr(self._engine, name)
+    def count_tokens(self, prompt: str) -> int:
+        return self._engine.count_tokens(prompt)
+
+    def describe(self) -> dict[str, Any]:
+        return self._engine.describe()
+
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        self._engine.warmup(sizes)  # the engine's own generate: warm-up is not slowed
+
+    @property
+    def limits(self) -> EngineLimits:
+        return self._engine.limits
