@@ -26,8 +26,9 @@ RAY = VENV_BIN / "ray"
 
 def cluster_env() -> dict[str, str]:
     """The environment every node and client of a test cluster gets: token authentication on (explicit, as
-    supervisor/z-image-turbo-ray.conf sets it) with the user's token file, which `ensure_auth_token` made."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("ZIMAGE_", "RAY_ADDRESS"))}
+    supervisor/z-image-turbo-ray.conf sets it) with the user's token file, which `ensure_auth_token` made.
+    No RAY_* variable of this process: a ray.init() in an earlier test module leaves some behind."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ZIMAGE_", "RAY_"))}
     env["RAY_AUTH_MODE"] = "token"
     return env
 

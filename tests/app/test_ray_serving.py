@@ -1,6 +1,6 @@
 """serving = "ray" on a local Ray cluster with two declared (virtual) GPUs and two tiny-model replicas:
-placement, parity with the in-process engine, backpressure, cancel across the process boundary, and a
-replica killed mid-job. One cluster for the module (it must fit a 2-core CI box)."""
+placement, parity with the in-process engine, backpressure, cancel across the process boundary, a replica
+killed mid-job, and previews crossing as JPEG. One cluster for the module (it must fit a 2-core CI box)."""
 
 from __future__ import annotations
 
