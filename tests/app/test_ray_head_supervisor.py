@@ -9,6 +9,7 @@ The test copy of the shipped file differs in two flags only: a free port instead
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -56,13 +57,17 @@ def head_under_supervisord():
     ensure_auth_token()  # the shipped program runs with RAY_AUTH_MODE=token: the head needs the token
     folder, temp_dir = short_temp_dir("zs"), short_temp_dir("zr")
     port = free_port()
-    config = write_config(folder, port, temp_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZIMAGE_", "SUPERVISOR_", "RAY_"))}
-    daemon = Supervisord(config, folder / "supervisor" / "run" / "supervisor.sock", env).start()
+    daemon = Supervisord(folder / "supervisor" / "supervisord.conf", folder / "supervisor" / "run" / "supervisor.sock",
+                         env)
     try:
+        write_config(folder, port, temp_dir)
+        daemon.start()
         yield {"daemon": daemon, "address": f"127.0.0.1:{port}", "log": folder / "supervisor" / "run"}
     finally:
-        head_pid = daemon.info(PROGRAM)["pid"]
+        head_pid = 0
+        with contextlib.suppress(Exception):  # the daemon may never have come up
+            head_pid = daemon.info(PROGRAM)["pid"]
         started = descendants(head_pid) if head_pid else []
         daemon.stop()
         for pid in living(started):  # a failed test must not leave a raylet or worker behind
