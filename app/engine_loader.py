@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from app.errors import ServiceError
 from app.redaction import public_path, redact
 from app.settings import Settings, resolve_dtype
 from model.loading.layout import find_layout
 from model.protocol import EngineProtocol
+from model.request import EngineLimits, GenerationRequest, GenerationResult, StepCallback, StepProgress
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def engine_factory(settings: Settings) -> EngineFactory:
         logger.info("loading weights from %s (device=%s dtype=%s memory_mode=%s attention=%s)",
                     settings.weights_dir, device, dtype, settings.memory_mode, settings.attention)
         try:
-            return Engine.from_pretrained(
+            engine = Engine.from_pretrained(
                 settings.weights_dir, device=device, dtype=getattr(torch, dtype),
                 memory_mode=settings.memory_mode, attention_backend=settings.attention,
                 compile_blocks=settings.compile_blocks, fuse_projections=settings.fuse_projections,
@@ -52,5 +54,37 @@ def engine_factory(settings: Settings) -> EngineFactory:
             )
         except CheckpointError as err:
             raise missing_weights_error(settings.weights_dir, detail=str(err)) from None
+        return SlowedSteps(engine, settings.debug_step_delay) if settings.debug_step_delay else engine
 
     return load
+
+
+class SlowedSteps:
+    """The engine with the `debug_step_delay` test knob: `seconds` slept after each step, before the step is
+    reported. Applied where the engine runs (this process, or a Ray replica), so a step is slowed once; a
+    Stop pressed during the sleep is seen right after it, before the next step starts."""
+
+    def __init__(self, engine: EngineProtocol, seconds: float):
+        self._engine = engine
+        self._seconds = seconds
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        def slowed(progress: StepProgress) -> None:
+            time.sleep(self._seconds)
+            if on_step is not None:
+                on_step(progress)
+
+        return self._engine.generate(request, on_step=slowed)
+
+    def count_tokens(self, prompt: str) -> int:
+        return self._engine.count_tokens(prompt)
+
+    def describe(self) -> dict[str, Any]:
+        return self._engine.describe()
+
+    def warmup(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        self._engine.warmup(sizes)  # the engine's own generate: warm-up is not slowed
+
+    @property
+    def limits(self) -> EngineLimits:
+        return self._engine.limits

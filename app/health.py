@@ -34,6 +34,10 @@ def build_router(service: GenerationService) -> APIRouter:
             running = replicas.get("RUNNING", 0)
             body = {"status": "ready" if running else "no_replicas", "engine": service.engine_state,
                     "model": service.engine_info, "replicas": replicas}
+            if not running:
+                lang = language_from_header(request.headers.get("accept-language"))
+                body["message"] = translate("no_replicas", lang, replicas=_states(replicas),
+                                            gpus=f"{service.settings.ray_gpus_per_replica:g}")
             return JSONResponse(body, status_code=200 if running else 503)
         if service.ready:
             return JSONResponse({"status": "ready", "engine": service.engine_state, "model": service.engine_info})
@@ -47,3 +51,8 @@ def build_router(service: GenerationService) -> APIRouter:
         return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
 
     return router
+
+
+def _states(replicas: dict[str, int]) -> str:
+    """Replica counts as "STARTING 2, UNHEALTHY 1" ("none" for an empty pool)."""
+    return ", ".join(f"{state} {count}" for state, count in sorted(replicas.items())) or "none"

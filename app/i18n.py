@@ -37,6 +37,26 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The GPU replica running this job stopped ({detail}). Ray Serve starts a new one; please try again.",
         "zh": "运行此任务的 GPU 副本已停止（{detail}）。Ray Serve 会启动新的副本，请重试。",
     },
+    "no_replicas": {
+        "en": "No engine replica is running (replicas by state: {replicas}). Ray Serve is starting or replacing "
+        "them, and jobs wait until one is up. If this lasts, the cluster has no room for a replica "
+        "({gpus} GPU each): run `ray status` to see its free GPUs, then add a GPU node or lower "
+        "ray_max_replicas or ray_gpus_per_replica; the replicas' errors are in "
+        "/tmp/ray/session_latest/logs/serve/ on their node.",
+        "zh": "当前没有正在运行的引擎副本（各状态副本数：{replicas}）。Ray Serve 正在启动或替换副本，任务会等待直到有副本可用。"
+        "如果长时间如此，说明集群没有足够资源启动副本（每个副本需要 {gpus} 张 GPU）：运行 `ray status` 查看空闲 GPU，"
+        "然后添加 GPU 节点，或调低 ray_max_replicas 或 ray_gpus_per_replica；副本的错误日志在其所在节点的 "
+        "/tmp/ray/session_latest/logs/serve/ 中。",
+    },
+    "ray_auth": {
+        "en": "The Ray cluster at {address} refused this app: it requires its auth token. Copy the head's "
+        "~/.ray/auth_token to the same place on this machine (or point RAY_AUTH_TOKEN_PATH at it), start the app "
+        "with RAY_AUTH_MODE=token in its environment, and restart it; on the head machine itself, "
+        "ray_address = \"auto\" finds the token on its own.",
+        "zh": "位于 {address} 的 Ray 集群拒绝了本应用：它要求认证令牌。请把头节点的 ~/.ray/auth_token 复制到本机相同位置"
+        "（或用 RAY_AUTH_TOKEN_PATH 指向它），在应用的环境变量中设置 RAY_AUTH_MODE=token，然后重启应用；"
+        "在头节点本机上，ray_address = \"auto\" 会自动找到令牌。",
+    },
     "shutting_down": {
         "en": "The server is shutting down and accepts no new jobs.",
         "zh": "服务器正在关闭，不再接受新任务。",

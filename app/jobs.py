@@ -91,9 +91,6 @@ class Job:
         self._cancel.set()
         self._touch()
 
-    def sleep_unless_cancelled(self, seconds: float) -> None:
-        self._cancel.wait(seconds)
-
     def mark_running(self) -> None:
         self.started_at = time.time()
         self.state = JobState.RUNNING

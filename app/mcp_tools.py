@@ -20,17 +20,28 @@ from app.settings import Settings
 from model.request import GenerationRequest
 
 TOOL_API_NAME = "generate_image"
-# gradio.mcp lists an endpoint as a tool unless its function carries an `_mcp_type` other than "tool"
-# (the attribute gradio's own @gr.mcp.resource / @gr.mcp.prompt decorators set).
+# What hide_from_mcp marks a function as: neither "tool", "resource" nor "prompt", so gradio.mcp lists it as none.
 NOT_A_TOOL = "ui"
+
+
+def hide_from_mcp(fn: Any) -> None:
+    """Keep the endpoint of `fn` out of the MCP tool list while it stays in the Gradio API.
+
+    Gradio 6.31 has no public switch for this: `api_visibility` hides an endpoint from the MCP list only by
+    also hiding it from the API docs ("undocumented") or from gradio_client ("private"), and the page's
+    /generate is a documented door. gradio.mcp skips a function whose `_mcp_type` (the attribute its own
+    @gr.mcp.resource / @gr.mcp.prompt decorators set) is not "tool"; this is the one place that relies on it,
+    and tests/app/test_mcp.py fails if Gradio stops honouring it.
+    """
+    function = getattr(fn, "__func__", fn)  # a bound method's attribute lives on its function
+    function._mcp_type = NOT_A_TOOL
 
 
 def add_mcp_tools(demo: gr.Blocks, service: GenerationService) -> None:
     """Add the generate_image endpoint to `demo` and keep every other endpoint out of the MCP tool list."""
     for block_fn in demo.fns.values():
-        function = getattr(block_fn.fn, "__func__", block_fn.fn)
-        if function is not None:
-            function._mcp_type = NOT_A_TOOL
+        if block_fn.fn is not None:
+            hide_from_mcp(block_fn.fn)
     settings = service.settings
     generate_image = _tool_function(service)
     with demo:

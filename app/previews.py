@@ -31,14 +31,25 @@ def preview_jpeg(images: list[Image.Image]) -> bytes:
     return buffer.getvalue()
 
 
+def preview_due(progress: StepProgress, last_at: float | None, now: float) -> bool:
+    """Whether this step gets a preview: the last one is PREVIEW_INTERVAL_SECONDS old, or this is the final step."""
+    if progress.preview is None:
+        return False
+    return last_at is None or now - last_at >= PREVIEW_INTERVAL_SECONDS or progress.step >= progress.total
+
+
+def jpeg_images(jpeg: bytes) -> list[Image.Image]:
+    """A preview rendered elsewhere (a Ray replica) as StepProgress.preview returns one: a list of images."""
+    image = Image.open(io.BytesIO(jpeg))
+    image.load()
+    return [image]
+
+
 def capture_preview(job: Job, progress: StepProgress, clock: Callable[[], float] = time.monotonic) -> bool:
     """Render and store this step's preview on `job` when it asked for previews and the last one is old
     enough (the final step always gets one); True when a preview was stored."""
-    if not job.wants_previews or progress.preview is None:
-        return False
     now = clock()
-    last = job.preview_at
-    if last is not None and now - last < PREVIEW_INTERVAL_SECONDS and progress.step < progress.total:
+    if not job.wants_previews or not preview_due(progress, job.preview_at, now):
         return False
     images = progress.preview()
     if not images:

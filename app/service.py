@@ -326,8 +326,6 @@ class GenerationService:
     def _on_step(self, job: Job, progress: StepProgress) -> None:
         capture_preview(job, progress)
         job.report_step(progress.step, progress.total)
-        if self.settings.debug_step_delay:
-            job.sleep_unless_cancelled(self.settings.debug_step_delay)
         if job.cancel_requested:
             raise GenerationCancelled(f"{job.id} cancelled at step {progress.step}")
 
@@ -337,9 +335,8 @@ class GenerationService:
         request = job.request
         loras = lora_fingerprints(request.loras)
         reference = _reference_summary(request)
-        # A Ray replica says where it ran (app.serving.ray_engine); the in-process engine does not.
-        replica = getattr(result, "replica", None)
-        engine_info = {**self.engine_info, "replica": replica} if replica else self.engine_info
+        # A Ray replica says where it ran; the in-process engine leaves result.replica None.
+        engine_info = {**self.engine_info, "replica": result.replica} if result.replica else self.engine_info
         images = []
         for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
             recipe = build_recipe(request, seed, index, engine_info, loras, reference, result.timings)

@@ -79,6 +79,11 @@ class Settings:
     ray_max_replicas: int = 1
     ray_gpus_per_replica: float = 1.0
     ray_max_queued_requests: int = 4
+    # Autoscaling (ray_min_replicas < ray_max_replicas): how long the load must stay above / below one job per
+    # replica before Serve adds / removes one. A GPU replica takes a while to load its weights, so downscaling
+    # waits long enough (Serve's default, 10 minutes) not to drop replicas between bursts.
+    ray_upscale_delay_seconds: float = 30.0
+    ray_downscale_delay_seconds: float = 600.0
     mcp_server: bool = False
     # Live previews of the image forming (a small JPEG after a step, at most every 0.3 s); off saves the cost.
     previews: bool = True
@@ -87,7 +92,7 @@ class Settings:
     history_max_images: int = 5000
     history_max_days: float = 0.0
     # Test/debug knob: seconds slept after every denoising step so tests can observe queues and
-    # press Stop. Never set it in production; 0 disables it.
+    # press Stop; slept where the engine runs (app.engine_loader.SlowedSteps). Never set it in production.
     debug_step_delay: float = 0.0
     # Security (app.security, app.auth; README "Security"). Lists are comma-separated names.
     allowed_hosts: str = ""      # extra Host names this server answers to ("*" = any: no rebinding guard)
@@ -124,8 +129,9 @@ class Settings:
         if self.ray_min_replicas > self.ray_max_replicas:
             raise SettingsError(f"setting ray_min_replicas ({self.ray_min_replicas}) must be at most "
                                 f"ray_max_replicas ({self.ray_max_replicas})")
-        if self.ray_gpus_per_replica < 0:
-            raise SettingsError(f"setting ray_gpus_per_replica must be >= 0, got {self.ray_gpus_per_replica}")
+        for name in ("ray_gpus_per_replica", "ray_upscale_delay_seconds", "ray_downscale_delay_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if self.history_max_images < 0 or self.history_max_days < 0:
             raise SettingsError("history_max_images and history_max_days must be >= 0 (0 = no limit)")
         if self.debug_step_delay < 0 or self.watchdog_seconds <= 0 or self.shutdown_grace_seconds < 0:

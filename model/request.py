@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -131,10 +131,15 @@ StepCallback = Callable[[StepProgress], None]
 
 @dataclass
 class GenerationResult:
-    """Images in request order, the seed of each, prompt accounting and per-stage seconds."""
+    """Images in request order, the seed of each, prompt accounting and per-stage seconds.
+
+    `replica` says where the images were made when the engine is one of several replicas (app.serving
+    fills it in: replica id, node id, pid, GPU ids, CUDA_VISIBLE_DEVICES); None for an in-process engine.
+    """
 
     images: list["Image.Image"]
     seeds: list[int]
     prompt_tokens: int
     prompt_truncated: bool
     timings: dict[str, float] = field(default_factory=dict)
+    replica: dict[str, Any] | None = None

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-STEP = "step"  # (STEP, StepProgress)
-RESULT = "result"  # (RESULT, GenerationResult, replica identity dict)
+STEP = "step"  # (STEP, StepProgress without its preview callable, preview JPEG bytes or None)
+RESULT = "result"  # (RESULT, GenerationResult with its replica identity)
 ENGINE_ERROR = "engine_error"  # (ENGINE_ERROR, a model.errors exception): re-raised as it is by the caller
 FAILED = "failed"  # (FAILED, ServiceError key, detail): the replica's own explanation
 

@@ -7,6 +7,8 @@ next step), and the cluster's failures become the service's own errors.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -14,10 +16,11 @@ from typing import Any, Sequence
 
 import ray
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import AuthenticationError, RayError
 from ray.serve.exceptions import BackPressureError
 
 from app.errors import ServiceError, queue_full
+from app.previews import jpeg_images
 from app.serving.events import ENGINE_ERROR, FAILED, RESULT, STEP
 from app.serving.replica import DEPLOYMENT_NAME, build_replica_app
 from app.settings import Settings
@@ -63,11 +66,11 @@ class RayEngine:
             for event in stream:
                 if event[0] == STEP:
                     if on_step is not None:
-                        on_step(event[1])
+                        progress, jpeg = event[1], event[2]
+                        on_step(progress if jpeg is None else
+                                dataclasses.replace(progress, preview=functools.partial(jpeg_images, jpeg)))
                 elif event[0] == RESULT:
-                    result, identity = event[1], event[2]
-                    result.replica = identity  # the recipe records which replica made the image
-                    return result
+                    return event[1]
                 elif event[0] == ENGINE_ERROR:
                     raise event[1]
                 elif event[0] == FAILED:
@@ -131,10 +134,22 @@ def _connect(settings: Settings) -> None:
                      logging_level=settings.log_level.upper())
             return
         except ConnectionError as err:
+            if _token_refused(err):  # retrying cannot help: the token or the mode is missing here
+                raise ServiceError("ray_auth", status=503, address=settings.ray_address) from None
             if not settings.ray_address or time.monotonic() > deadline:
                 raise
             logger.warning("Ray cluster at %r not reachable yet (%s); retrying", settings.ray_address, err)
             time.sleep(CONNECT_RETRY_SECONDS)
+
+
+def _token_refused(err: BaseException) -> bool:
+    """Whether the head refused us for a missing or wrong auth token. Ray wraps the refusal in a RuntimeError
+    whose text carries the gRPC status, under the ConnectionError ray.init raises."""
+    while err is not None:
+        if isinstance(err, AuthenticationError) or "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def ray_engine_factory(settings: Settings):

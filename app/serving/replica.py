@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from typing import Any, AsyncIterator
 
 import ray
@@ -15,6 +16,7 @@ from ray import serve
 
 from app.device_errors import free_device_memory, is_fatal_device_error, is_out_of_memory
 from app.engine_loader import engine_factory
+from app.previews import preview_due, preview_jpeg
 from app.serving.events import ENGINE_ERROR, FAILED, RESULT, STEP, Event
 from app.settings import REPO_ROOT, Settings
 from model.errors import GenerationCancelled, ZImageError
@@ -63,11 +65,21 @@ class EngineReplica:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         stop = threading.Event()
+        previewed_at: float | None = None
 
         def on_step(progress: StepProgress) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (STEP, progress))
-            if self._settings.debug_step_delay:
-                stop.wait(self._settings.debug_step_delay)
+            nonlocal previewed_at
+            # The preview crosses to the app as the small JPEG the doors show, never as the step's latents
+            # (megabytes of tensors a step). The replica cannot tell which door wants previews, so while the
+            # `previews` setting is on it renders one at the doors' rate (a few ms each); the app drops the rest.
+            jpeg = None
+            now = time.monotonic()
+            if self._settings.previews and preview_due(progress, previewed_at, now):
+                images = progress.preview()
+                if images:
+                    jpeg, previewed_at = preview_jpeg(images), now
+            step = dataclasses.replace(progress, preview=None)
+            loop.call_soon_threadsafe(events.put_nowait, (STEP, step, jpeg))
             if stop.is_set():
                 raise GenerationCancelled(f"cancelled at step {progress.step}")
 
@@ -88,7 +100,8 @@ class EngineReplica:
         """The engine call; every outcome becomes a final event (nothing is raised across the boundary)."""
         out_of_memory = False
         try:
-            return RESULT, self._engine.generate(request, on_step=on_step), self._identity
+            result = self._engine.generate(request, on_step=on_step)
+            return RESULT, dataclasses.replace(result, replica=self.identity())  # the recipe records it
         except ZImageError as err:  # invalid request, LoRA refused, does not fit, cancelled: the caller maps it
             return ENGINE_ERROR, err
         except Exception as err:
@@ -130,7 +143,9 @@ def build_replica_app(settings: Settings) -> serve.Application:
     else:
         scaling = {"autoscaling_config": {"min_replicas": settings.ray_min_replicas,
                                           "max_replicas": settings.ray_max_replicas,
-                                          "target_ongoing_requests": 1}}
+                                          "target_ongoing_requests": 1,
+                                          "upscale_delay_s": settings.ray_upscale_delay_seconds,
+                                          "downscale_delay_s": settings.ray_downscale_delay_seconds}}
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT_NAME).options(
         **scaling, max_ongoing_requests=1, max_queued_requests=settings.ray_max_queued_requests,
         max_constructor_retry_count=CONSTRUCTOR_RETRIES, health_check_period_s=5, health_check_timeout_s=30,

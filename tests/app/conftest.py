@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,9 +36,9 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def direct_engine(tiny_server: LiveServer):
-    """A second engine, built from the server's settings exactly as the server built its own: the reference
-    the served images are compared with."""
-    return engine_factory(tiny_server.service.settings)()
+    """A second engine, built from the server's settings as the server built its own (without the debug step
+    delay, which changes no pixel): the reference the served images are compared with."""
+    return engine_factory(dataclasses.replace(tiny_server.service.settings, debug_step_delay=0.0))()
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,14 @@ def test_protocol_lists_the_members_the_app_uses():
     assert protocol == set(MEMBERS)
 
 
-@pytest.mark.parametrize("implementation", ["fake", "engine"])
+@pytest.mark.parametrize("implementation", ["fake", "engine", "slowed", "ray"])
 def test_engines_have_every_member_with_the_protocols_signature(implementation: str):
     if implementation == "engine":
         from model.engine import Engine as cls  # torch loads here, not while collecting
+    elif implementation == "slowed":
+        from app.engine_loader import SlowedSteps as cls  # the engine with debug_step_delay
+    elif implementation == "ray":
+        from app.serving.ray_engine import RayEngine as cls
     else:
         cls = FakeEngine
     expected, actual = _members(EngineProtocol), _members(cls)

@@ -67,3 +67,21 @@ def test_speed_settings_reach_the_engine(tmp_path: Path, monkeypatch: pytest.Mon
         True, "max-autotune-no-cudagraphs", "dynamic")
     engine_factory(dataclasses.replace(settings, compile_mode="off"))()
     assert seen["compile_mode"] is None
+
+
+def test_the_debug_step_delay_is_slept_once_a_step_before_the_step_is_reported(tiny_model_dir: Path, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    """The knob lives with the engine (the in-process one, and the one in each Ray replica): one sleep per step,
+    each before the caller hears of the step, so a Stop pressed during it stops the job before the next step."""
+    import app.engine_loader as loader
+    from model.request import GenerationRequest
+
+    events = []
+    monkeypatch.setattr(loader.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    engine = engine_factory(make_settings(tmp_path, weights_dir=tiny_model_dir / "comfy", debug_step_delay=0.25))()
+    assert engine.describe()["layout"] == "comfy" and engine.limits.max_side  # the engine's own, through the wrapper
+    engine.generate(GenerationRequest(prompt="a cat", width=128, height=128, steps=3, seed=1),
+                    on_step=lambda progress: events.append(("step", progress.step)))
+    assert events == [("sleep", 0.25), ("step", 1), ("sleep", 0.25), ("step", 2), ("sleep", 0.25), ("step", 3)]
+    plain = engine_factory(make_settings(tmp_path, weights_dir=tiny_model_dir / "comfy"))()
+    assert type(plain).__name__ == "Engine"  # no wrapper, no cost, when the knob is off

@@ -16,7 +16,7 @@ import pytest
 from app.settings import REPO_ROOT
 from app_helpers import make_settings
 from fake_engine import FakeEngine
-from live_server import LiveServer, free_port, start_server
+from live_server import LiveServer, free_port, running, start_server
 from model.request import GenerationRequest
 
 
@@ -154,3 +154,23 @@ def test_sigterm_is_graceful_and_exits_zero(tmp_path: Path, tiny_model_dir: Path
     else:
         assert response.json()["error"]["code"] == "shutting_down"
     assert "generation service stopped" in output
+
+
+class NoReplicasEngine(FakeEngine):
+    """A Ray-mode engine whose replicas are all still starting (or were lost): none RUNNING."""
+
+    def replica_states(self) -> dict[str, int]:
+        return {"STARTING": 2}
+
+
+@pytest.mark.parametrize("lang, words", [
+    ("en", ["No engine replica is running", "STARTING 2", "1 GPU each", "ray status", "ray_max_replicas"]),
+    ("zh-CN", ["没有正在运行的引擎副本", "STARTING 2", "ray status", "ray_gpus_per_replica"]),
+])
+def test_no_running_replica_is_a_503_that_names_the_problem_and_the_fix(tmp_path: Path, lang: str, words: list):
+    with running(make_settings(tmp_path, warmup=False), NoReplicasEngine) as server:
+        ready = httpx.get(server.url + "/health/ready", headers={"Accept-Language": lang})
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "no_replicas" and body["replicas"] == {"STARTING": 2}
+    assert all(word in body["message"] for word in words), body["message"]

@@ -81,3 +81,60 @@ def test_mcp_is_off_by_default(tmp_path: Path):
         assert httpx.get(live.url + MCP_PATH + "schema", timeout=10).status_code == 404
     finally:
         live.stop()
+
+
+def test_the_page_s_generate_stays_in_the_gradio_api_while_hidden_from_mcp(mcp_server: LiveServer):
+    """The page's events are hidden from MCP only: /generate is still a public Gradio API endpoint."""
+    endpoints = httpx.get(mcp_server.url + "/gradio_api/info", timeout=10).json()["named_endpoints"]
+    assert "/generate" in endpoints and "/generate_image" in endpoints
+
+
+def test_hide_from_mcp_still_means_what_gradio_reads(tmp_path: Path):
+    """app.mcp_tools.hide_from_mcp sets gradio.mcp's internal `_mcp_type` (Gradio 6.31 has no public switch that
+    keeps an endpoint in the API but out of the MCP tools). If a Gradio upgrade changes what the attribute
+    means, this fails: find the new way to hide the page's events and change hide_from_mcp."""
+    import threading
+
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    from app.mcp_tools import hide_from_mcp
+    from live_server import free_port
+
+    def shown(text: str) -> str:
+        """Echo the text.
+
+        Args:
+            text: Any text.
+        """
+        return text
+
+    def hidden(text: str) -> str:
+        """Echo the text too.
+
+        Args:
+            text: Any text.
+        """
+        return text
+
+    with gr.Blocks() as demo:
+        box, out = gr.Textbox(), gr.Textbox()
+        gr.Button().click(shown, box, out, api_name="shown")
+        gr.Button().click(hidden, box, out, api_name="hidden")
+    hide_from_mcp(hidden)
+    app = gr.mount_gradio_app(FastAPI(), demo, path="/", mcp_server=True)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        live = LiveServer(url=f"http://127.0.0.1:{port}", app=app, server=server, thread=thread)
+        live.wait_until(lambda: server.started, timeout=60)
+        tools = with_session(live, lambda session: session.list_tools()).tools
+        assert [tool.name for tool in tools] == ["shown"], "gradio.mcp no longer honours _mcp_type"
+        endpoints = httpx.get(live.url + "/gradio_api/info", timeout=10).json()["named_endpoints"]
+        assert {"/shown", "/hidden"} <= set(endpoints)  # both stay in the Gradio API
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,6 +1,6 @@
 """serving = "ray" on a local Ray cluster with two declared (virtual) GPUs and two tiny-model replicas:
-placement, parity with the in-process engine, backpressure, cancel across the process boundary, and a
-replica killed mid-job. One cluster for the module (it must fit a 2-core CI box)."""
+placement, parity with the in-process engine, backpressure, cancel across the process boundary, a replica
+killed mid-job, and previews crossing as JPEG. One cluster for the module (it must fit a 2-core CI box)."""
 
 from __future__ import annotations
 
@@ -205,3 +205,42 @@ def test_an_engine_refusal_in_a_replica_keeps_its_code_and_field(ray_server: Liv
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("lora_rejected", "loras")
     assert generate(ray_server).status_code == 200  # the replica that refused it still serves
+
+
+def test_a_streamed_request_gets_the_replica_s_previews_before_the_image(ray_server: LiveServer):
+    from test_stream import read_events
+
+    body = {"prompt": "a lighthouse at dusk", "size": "128x128", "steps": 8, "seed": 9}
+    with httpx.stream("POST", ray_server.url + "/v1/images/generations/stream", json=body,
+                      params={"preview": "true"}, timeout=180) as response:
+        assert response.status_code == 200
+        events = list(read_events(response))
+    names = [name for name, _ in events]
+    assert names[-1] == "result" and "error" not in names, names
+    previews = [data for name, data in events if name == "progress" and "preview" in data]
+    assert previews, events  # ~0.8 s of steps, one preview per 0.3 s at most, the last step's always
+    for event in previews:
+        with Image.open(io.BytesIO(base64.b64decode(event["preview"]))) as image:
+            assert image.format == "JPEG" and image.size == (16, 16)  # the latent size of 128x128
+    assert previews[-1]["preview_step"] == 8
+
+
+def test_step_events_carry_jpeg_bytes_not_tensors(ray_server: LiveServer):
+    """What crosses the replica boundary per step: the step numbers and, when due, a small JPEG; the step's
+    latents (two [1, 16, 64, 64] float tensors at 512x512) stay in the replica."""
+    import pickle
+
+    from app.serving.events import STEP
+
+    handle = ray_server.service._engine._handle
+    request = GenerationRequest(prompt="a wide one", width=512, height=512, steps=3, seed=4)
+    events = list(handle.options(stream=True).generate.remote(request))
+    steps = [event for event in events if event[0] == STEP]
+    assert [event[1].step for event in steps] == [1, 2, 3]
+    assert all(event[1].preview is None for event in steps)
+    jpegs = [event[2] for event in steps if event[2] is not None]
+    assert jpegs and all(jpeg.startswith(b"\xff\xd8") for jpeg in jpegs)  # JPEG magic
+    for event in steps:
+        wire = pickle.dumps(event)
+        assert b"torch" not in wire and len(wire) < 16 * 1024, len(wire)
+    assert events[-1][1].replica["replica"]  # the result names its replica (GenerationResult.replica)

@@ -35,6 +35,8 @@ def test_the_head_runs_in_the_foreground_before_the_app_and_is_stopped_as_a_grou
     assert argv[1:3] == ["start", "--head"] and "--block" in argv
     assert head.priority < app.priority
     assert head.autorestart and head.stopasgroup and head.killasgroup
+    # Token authentication always on: Ray would otherwise turn it on only when ~/.ray/auth_token exists.
+    assert head.environment["RAY_AUTH_MODE"] == "token"
     assert head.stdout_logfile == str(tmp_path / "supervisor" / "run" / "z-image-turbo-ray-head.log")
     # The app program itself is unchanged: Ray mode is chosen in configs/app.toml.
     assert "ZIMAGE_SERVING" not in app.environment

@@ -255,3 +255,15 @@ def test_warmup_runs_at_the_configured_sizes(tmp_path: Path):
         assert engine.warmed_up and engine.warmup_sizes == ((512, 512), (256, 384))
     finally:
         service.shutdown(1.0)
+
+
+def test_the_debug_step_delay_is_not_slept_by_the_service(tmp_path: Path):
+    """The knob slows the engine where it runs (app.engine_loader.SlowedSteps, in this process or in a Ray
+    replica); the service sleeping too would slow a Ray job twice. An hour a step here: only a service that
+    sleeps misses the deadline."""
+    service = started_service(tmp_path, FakeEngine(), debug_step_delay=3600.0)
+    try:
+        job = service.submit(small_request(steps=2), door="test")
+        assert job.wait(60) and job.state == JobState.SUCCEEDED
+    finally:
+        service.shutdown(1.0)

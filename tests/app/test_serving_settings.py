@@ -24,6 +24,8 @@ def test_ray_serving_runs_one_job_per_replica_up_to_the_autoscaling_bound():
     ({"ray_min_replicas": 3, "ray_max_replicas": 2}, ["ray_min_replicas", "ray_max_replicas"]),
     ({"ray_max_replicas": 0}, ["ray_max_replicas"]),
     ({"ray_gpus_per_replica": -1.0}, ["ray_gpus_per_replica"]),
+    ({"ray_upscale_delay_seconds": -1.0}, ["ray_upscale_delay_seconds", ">= 0"]),
+    ({"ray_downscale_delay_seconds": -5.0}, ["ray_downscale_delay_seconds", ">= 0"]),
 ])
 def test_bad_serving_settings_name_the_key(changes, words):
     with pytest.raises(SettingsError) as err:
