@@ -21,12 +21,14 @@ def list_controlnet_names(controlnet_dir: Path) -> list[str]:
     return list_lora_names(controlnet_dir)  # the same folder rule: <name>.safetensors regular files
 
 
-def resolve_controlnet(name: str | None, controlnet_dir: Path, field: str = "controlnet") -> str | None:
-    """A ControlNet name -> the absolute path of its file inside `controlnet_dir` (None / "" -> None).
+def resolve_controlnet(name: str | None, controlnet_dir: Path, field: str = "controlnet",
+                       required: bool = False) -> str | None:
+    """A ControlNet name -> the absolute path of its file inside `controlnet_dir` (None / "" -> None, unless
+    `required`).
 
     Unknown names, and anything that is not a plain name ("../x", "/etc/x", "a/b"), are an error naming
     `field` and listing the available names (never the folder's absolute path)."""
-    if not name:
+    if not name and not required:
         return None
     path = controlnet_dir / f"{name}{SUFFIX}" if isinstance(name, str) else controlnet_dir
     # The name pattern keeps requests inside the folder: no separators, no "..", no absolute paths. A symlink

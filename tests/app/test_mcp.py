@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -39,14 +40,21 @@ def with_session(server: LiveServer, action):
     return asyncio.run(run())
 
 
-def test_only_generate_image_is_listed_with_its_description_and_parameters(mcp_server: LiveServer):
-    tools = with_session(mcp_server, lambda session: session.list_tools()).tools
-    assert [tool.name for tool in tools] == ["generate_image"]
-    tool = tools[0]
-    assert "Z-Image-Turbo" in tool.description and "multiples of 16 from 128 to 512" in tool.description
-    properties = tool.inputSchema["properties"]
-    assert set(properties) == {"prompt", "negative_prompt", "width", "height", "steps", "seed", "guidance"}
-    assert "multiple of 16" in properties["width"]["description"]
+def test_only_our_tools_are_listed_with_their_descriptions_and_parameters(mcp_server: LiveServer):
+    tools = {tool.name: tool for tool in with_session(mcp_server, lambda session: session.list_tools()).tools}
+    assert sorted(tools) == ["edit_image", "generate_image", "generate_with_control"]
+    for tool in tools.values():
+        assert "Z-Image-Turbo" in tool.description or "ControlNet" in tool.description
+        assert "multiples of 16 from 128 to 512" in tool.description
+        assert "multiple of 16" in tool.inputSchema["properties"]["width"]["description"]
+    shared = {"prompt", "width", "height", "steps", "seed"}
+    assert set(tools["generate_image"].inputSchema["properties"]) == shared | {"negative_prompt", "guidance"}
+    edit = tools["edit_image"].inputSchema["properties"]
+    assert set(edit) == shared | {"image", "mask", "strength"}
+    assert "white = repaint" in edit["mask"]["description"] and "base64" in edit["image"]["description"]
+    control = tools["generate_with_control"].inputSchema["properties"]
+    assert set(control) == shared | {"controlnet", "control_image", "control_mode", "control_scale"}
+    assert "canny" in control["control_mode"]["description"]
 
 
 def test_calling_generate_image_queues_a_job_and_returns_the_png(mcp_server: LiveServer):
@@ -73,6 +81,73 @@ def test_a_refused_request_tells_the_agent_which_field_to_fix(mcp_server: LiveSe
     assert result.isError
     text = " ".join(item.text for item in result.content if item.type == "text")
     assert "width" in text and "512" in text
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def call(server: LiveServer, tool: str, arguments: dict):
+    return with_session(server, lambda session: session.call_tool(tool, arguments))
+
+
+def error_text(result) -> str:
+    assert result.isError, result.content
+    return " ".join(item.text for item in result.content if item.type == "text")
+
+
+def test_edit_image_inpaints_the_masked_area_through_the_queue(mcp_server: LiveServer):
+    picture = Image.new("RGB", (128, 144), (30, 60, 200))
+    mask = Image.new("L", (128, 144), 0)
+    mask.paste(255, (32, 16, 96, 80))
+    arguments = {"prompt": "a red door", "image": b64(picture), "mask": "data:image/png;base64," + b64(mask),
+                 "width": 128, "height": 144, "steps": 2, "seed": 5}
+    result = call(mcp_server, "edit_image", arguments)
+    assert not result.isError, result.content
+    assert [item.type for item in result.content].count("image") == 1
+    sent = mcp_server.service._engine.calls[-1]
+    assert sent.reference_image.size == (128, 144) and sent.reference_image.getpixel((0, 0)) == (30, 60, 200)
+    assert np.array_equal(np.asarray(sent.mask.convert("L")), np.asarray(mask))
+    assert sent.strength == 1.0 and (sent.seed, sent.steps) == (5, 2)  # with a mask: the area painted anew
+
+    without_mask = {**arguments, "mask": "", "strength": 0.3}
+    assert not call(mcp_server, "edit_image", without_mask).isError
+    sent = mcp_server.service._engine.calls[-1]
+    assert sent.mask is None and sent.strength == 0.3
+
+
+def test_generate_with_control_uses_the_net_by_name(mcp_server: LiveServer):
+    folder = mcp_server.service.settings.controlnet_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "union-2.1.safetensors").write_bytes(b"a ControlNet file")
+    control = Image.new("RGB", (64, 64))
+    control.paste((255, 255, 255), (16, 16, 48, 48))
+    arguments = {"prompt": "a white box", "controlnet": "union-2.1", "control_image": b64(control),
+                 "control_mode": "canny", "width": 128, "height": 128, "steps": 2, "seed": 3}
+    result = call(mcp_server, "generate_with_control", arguments)
+    assert not result.isError, result.content
+    sent = mcp_server.service._engine.calls[-1]
+    assert sent.controlnet == str((folder / "union-2.1.safetensors").resolve())
+    assert (sent.control_mode, sent.control_scale) == ("canny", 0.75)  # the scale left out: the default
+    assert np.array_equal(np.asarray(sent.control_image), np.asarray(control))
+
+
+@pytest.mark.parametrize("tool, arguments, expected", [
+    ("edit_image", {"prompt": "x", "image": "https://example.com/cat.png"}, "image"),  # a URL is never fetched
+    ("edit_image", {"prompt": "x", "image": ""}, "image"),
+    ("generate_with_control", {"prompt": "x", "controlnet": "../loras/x", "control_image": "AAAA"}, "Available:"),
+    ("generate_with_control", {"prompt": "x", "controlnet": "", "control_image": "AAAA"}, "Available:"),
+    ("generate_with_control", {"prompt": "x", "controlnet": "union-2.1", "control_image": ""}, "control_image"),
+])
+def test_bad_tool_arguments_name_the_field_and_start_no_job(mcp_server: LiveServer, tool, arguments, expected):
+    folder = mcp_server.service.settings.controlnet_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "union-2.1.safetensors").write_bytes(b"a ControlNet file")
+    submitted = mcp_server.metric("zimage_jobs_submitted_total")
+    assert expected in error_text(call(mcp_server, tool, {**arguments, "width": 128, "height": 128}))
+    assert mcp_server.metric("zimage_jobs_submitted_total") == submitted
 
 
 def test_mcp_is_off_by_default(tmp_path: Path):
