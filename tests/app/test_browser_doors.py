@@ -95,10 +95,18 @@ GRADIO_STRINGS = {"en": ("Drop File Here", "Click to Upload", "Use via API", "Bu
 IMAGE_ZONE = {"en": "Drop Image Here", "zh": "将图像拖放到此处"}
 
 
+def slowly(route) -> None:
+    time.sleep(1.5)
+    route.continue_()
+
+
 @pytest.mark.parametrize("browser_locale, target", [("zh-CN", "en"), ("en-US", "zh")])
 def test_the_language_switch_covers_gradios_own_strings(browser, fake_server: LiveServer, browser_locale: str,
                                                         target: str, tmp_path: Path):  # noqa: F811
     page = open_page(browser, fake_server, browser_locale)
+    # Gradio loads a non-English translation table lazily, on the first switch to it: slowed down here, so the
+    # switch must wait for it (it once lost that race on a quiet machine, leaving an English upload zone).
+    page.route("**/assets/zh-*.js", slowly)
     start = "zh" if browser_locale.startswith("zh") else "en"
     for text in (*GRADIO_STRINGS[start], IMAGE_ZONE[start]):
         expect(page.get_by_text(text).first).to_be_visible()
