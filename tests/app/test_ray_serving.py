@@ -105,11 +105,16 @@ def test_health_and_metrics_count_the_replicas(ray_server: LiveServer):
 
 
 def test_overflow_beyond_the_replicas_and_the_queue_gets_429(ray_server: LiveServer):
-    # Two jobs run (one per replica), QUEUE_SIZE wait, the rest are refused at once.
-    with concurrent.futures.ThreadPoolExecutor(7) as pool:
-        responses = list(pool.map(lambda seed: generate(ray_server, seed=seed, steps=12), range(7)))
+    # Two jobs run (one per replica; started first, so that no worker is still between jobs when the rest
+    # arrive), QUEUE_SIZE wait, the rest are refused at once.
+    running = [submit(ray_server, steps=20) for _ in range(2)]
+    for job in running:
+        wait_until_step(job, 1)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(lambda seed: generate(ray_server, seed=seed, steps=2), range(5)))
+    assert all(job.wait(60) and job.state == JobState.SUCCEEDED for job in running)
     codes = sorted(r.status_code for r in responses)
-    assert codes == [200] * (2 + QUEUE_SIZE) + [429] * 3, codes
+    assert codes == [200] * QUEUE_SIZE + [429] * (5 - QUEUE_SIZE), codes
     refused = [r for r in responses if r.status_code == 429]
     assert all(r.headers["Retry-After"] == "5" and r.json()["error"]["code"] == "queue_full" for r in refused)
 
@@ -122,11 +127,12 @@ def test_cancel_stops_the_replica_at_its_next_step(ray_server: LiveServer):
         ray_server.service.cancel(job)
     assert all(job.wait(10) and job.state == JobState.CANCELLED for job in long_jobs)
     assert max(job.step for job in long_jobs) < 10
-    # Had the replicas kept going, these would wait behind ~3 s of remaining steps.
-    started = time.monotonic()
+    # Had the replicas kept going, these would start only after the long jobs' 40 steps: so they must end before
+    # the earliest moment those could have ended (a bound from the step delay, not from this machine's speed).
     short_jobs = [submit(ray_server, steps=1) for _ in range(2)]
     assert all(job.wait(30) and job.state == JobState.SUCCEEDED for job in short_jobs)
-    assert time.monotonic() - started < 2.0
+    earliest_long_end = min(job.started_at for job in long_jobs) + 40 * STEP_DELAY
+    assert max(job.finished_at for job in short_jobs) < earliest_long_end
 
 
 def test_a_killed_replica_fails_only_its_job_and_serving_goes_on(ray_server: LiveServer):
