@@ -1,5 +1,6 @@
-"""Real Ray nodes for the cluster tests: `ray start --block` processes in their own process groups (so every
-process a node starts can be found and stopped by group), with token authentication as a real cluster uses.
+"""Ray clusters for the tests: the app on a local cluster this process starts (`ray_app`), and real Ray nodes,
+`ray start --block` processes in their own process groups (so every process a node starts can be found and
+stopped by group), with token authentication as a real cluster uses.
 
 A plain module (test files import it by name), like app_helpers.
 """
@@ -18,10 +19,33 @@ from typing import Iterator
 import httpx
 
 from app.settings import REPO_ROOT
+from app_helpers import STEP_DELAY, make_settings
+from live_server import LiveServer, start_server
 from tests.ops.supervisor_helpers import free_port, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
+
+
+@contextlib.contextmanager
+def ray_app(folder: Path, weights_dir: Path, namespace: str, resources: dict[str, int],
+            **settings) -> Iterator[LiveServer]:
+    """The app with serving = "ray" on a local cluster of `resources` (ray.init's num_cpus / num_gpus) started by
+    this process, ready; the app, Serve and the cluster are stopped afterwards."""
+    import ray
+    from ray import serve
+
+    ray.init(include_dashboard=False, namespace=namespace, **resources)
+    live = start_server(make_settings(folder, weights_dir=weights_dir, serving="ray", debug_step_delay=STEP_DELAY,
+                                      **settings))
+    try:
+        live.wait_ready(timeout=300)
+        assert live.service.ready, live.service.unavailable_error
+        yield live
+    finally:
+        live.stop()
+        serve.shutdown()
+        ray.shutdown()
 
 
 def cluster_env() -> dict[str, str]:

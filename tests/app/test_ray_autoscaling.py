@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app_helpers import STEP_DELAY, make_settings
-from live_server import LiveServer, start_server
+from live_server import LiveServer
 from model.request import GenerationRequest
+from ray_nodes import ray_app
 
 pytestmark = pytest.mark.slow
 
@@ -22,23 +22,10 @@ IN_FLIGHT = 4  # two running (one per replica once there are two), two waiting
 
 @pytest.fixture(scope="module")
 def autoscaling_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    import ray
-    from ray import serve
-
-    ray.init(num_cpus=2, include_dashboard=False, namespace="z-image-turbo-autoscaling-tests")
-    settings = make_settings(tmp_path_factory.mktemp("ray-autoscaling"), weights_dir=tiny_model_dir / "comfy",
-                             serving="ray", ray_min_replicas=1, ray_max_replicas=2, ray_gpus_per_replica=0,
-                             ray_upscale_delay_seconds=0, ray_downscale_delay_seconds=2,
-                             debug_step_delay=STEP_DELAY)
-    live = start_server(settings)
-    try:
-        live.wait_ready(timeout=300)
-        assert live.service.ready, live.service.unavailable_error
+    with ray_app(tmp_path_factory.mktemp("ray-autoscaling"), tiny_model_dir / "comfy",
+                 "z-image-turbo-autoscaling-tests", {"num_cpus": 2}, ray_min_replicas=1, ray_max_replicas=2,
+                 ray_gpus_per_replica=0, ray_upscale_delay_seconds=0, ray_downscale_delay_seconds=2) as live:
         yield live
-    finally:
-        live.stop()
-        serve.shutdown()
-        ray.shutdown()
 
 
 def submit(server: LiveServer, seed: int):

@@ -19,9 +19,10 @@ from app.engine_loader import engine_factory
 from app.errors import ServiceError
 from app.jobs import JobState
 from app.metadata import read_recipe
-from app_helpers import STEP_DELAY, make_settings
-from live_server import LiveServer, start_server
+from app_helpers import STEP_DELAY
+from live_server import LiveServer
 from model.request import GenerationRequest
+from ray_nodes import ray_app
 
 pytestmark = pytest.mark.slow
 
@@ -31,22 +32,10 @@ QUEUE_SIZE = 2
 
 @pytest.fixture(scope="module")
 def ray_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
-    import ray
-    from ray import serve
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, namespace="z-image-turbo-tests")
-    settings = make_settings(tmp_path_factory.mktemp("ray-app"), weights_dir=tiny_model_dir / "comfy",
-                             serving="ray", ray_min_replicas=2, ray_max_replicas=2, queue_size=QUEUE_SIZE,
-                             debug_step_delay=STEP_DELAY)
-    live = start_server(settings)
-    try:
-        live.wait_ready(timeout=300)
-        assert live.service.ready, live.service.unavailable_error
+    with ray_app(tmp_path_factory.mktemp("ray-app"), tiny_model_dir / "comfy", "z-image-turbo-tests",
+                 {"num_cpus": 2, "num_gpus": 2}, ray_min_replicas=2, ray_max_replicas=2,
+                 queue_size=QUEUE_SIZE) as live:
         yield live
-    finally:
-        live.stop()
-        serve.shutdown()
-        ray.shutdown()
 
 
 def generate(server: LiveServer, **fields) -> httpx.Response:
