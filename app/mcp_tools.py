@@ -18,7 +18,6 @@ from app.mcp_functions import AUTO_STRENGTH, control_function, edit_function, ge
 from app.service import GenerationService
 from app.settings import Settings
 
-TOOL_NAMES = ("generate_image", "edit_image", "generate_with_control")
 # What hide_from_mcp marks a function as: neither "tool", "resource" nor "prompt", so gradio.mcp lists it as none.
 NOT_A_TOOL = "ui"
 
