@@ -91,7 +91,7 @@ def edit_function(service: GenerationService):
             return GenerationRequest(
                 prompt=str(prompt or ""), reference_image=decode_base64_image(str(image), settings, "image"),
                 mask=decode_base64_image(str(mask), settings, "mask") if mask else None,
-                strength=float(strength) if strength and strength != AUTO_STRENGTH else default,
+                strength=default if strength in (None, AUTO_STRENGTH) else float(strength),
                 **_size_steps_seed(width, height, steps, seed))
 
         return run_tool_job(service, build)

@@ -108,7 +108,7 @@ class UiHandlers:
         numbers = {field.name: _number(field.name, form[field.name], field.kind) for field in FORM_NUMERIC_FIELDS}
         texts = {field.name: str(form[field.name] or DOOR_DEFAULTS.get(field.name) or "")
                  for field in FORM_TEXT_FIELDS}
-        texts["controlnet"] = resolve_controlnet(texts["controlnet"] or None, self.settings.controlnet_dir)
+        texts["controlnet"] = resolve_controlnet(texts["controlnet"], self.settings.controlnet_dir)
         return GenerationRequest(**texts, **numbers, **images,
                                  loras=resolve_loras(lora_items(form), self.settings.lora_dir))
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.errors import ServiceError
-from app.ui.export import DEFAULTS, GRADIO_PARAMETERS
+from app.ui.export import GRADIO_PARAMETERS
 from app.ui.slots import NO_LORA
 from app.metadata import encode_png
 from app.ui.presets import SIZE_CLASSES, preset_choices
